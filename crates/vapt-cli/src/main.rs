@@ -1,0 +1,228 @@
+//! `vapt` — prompt-expert tuning (VPT, VAPT) of frozen Vision Transformers.
+
+mod device;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
+use clap::{Args, Parser, Subcommand};
+use vapt_experts::params::group;
+use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample, VitConfig};
+
+use device::{dispatch, DeviceSpec, Job};
+
+/// Adapt a frozen, pre-trained Vision Transformer to a new image task by training only prompt
+/// experts: static prompts (VPT) or input-adaptive ones (VAPT, arXiv 2501.18936).
+///
+/// Weights: Google's `ViT-B_16.npz` / `imagenet21k_ViT-B_16.npz`, timm safetensors, or vapt's own
+/// safetensors. Devices: `cpu` (always built), `wgpu` (default feature), `cuda` (feature `cuda`).
+///
+/// Examples:
+///   vapt inspect imagenet21k_ViT-B_16.npz
+///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
+///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
+#[derive(Parser, Debug)]
+#[command(name = "vapt", version, verbatim_doc_comment)]
+struct Cli {
+    /// Compute device: `cpu`, `wgpu`, `wgpu:N`, `cuda` or `cuda:N`.
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceSpec,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse()
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load a weights file, print its layout, architecture, parameter count and SHA-256, and run
+    /// one forward pass on the chosen device as a smoke test.
+    Inspect(InspectArgs),
+    /// Convert a checkpoint (Google npz or timm safetensors) to vapt's native safetensors layout.
+    Convert(ConvertArgs),
+}
+
+/// How to read a weights file.
+#[derive(Args, Debug, Clone)]
+struct WeightsArgs {
+    /// Architecture: `auto` (read it off the file), a variant (`Ti/16`, `S/16`, `B/16`, `B/32`,
+    /// `L/16`, `H/14`) or explicit dims (`D768-L12-H12-M3072-P16`). timm files do not store the
+    /// head count; `auto` then assumes the standard one for the width.
+    #[arg(long, default_value = "auto")]
+    variant: String,
+    /// Input image side in pixels. Defaults to the checkpoint's (patch grid × patch size); a
+    /// different size resamples the position embedding.
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// Position-embedding resampling: `scipy-zoom` (official VPT/VAPT code) or `bilinear` (timm).
+    #[arg(long, default_value = "scipy-zoom", value_parser = parse_resample)]
+    resample: PosEmbResample,
+}
+
+fn parse_resample(s: &str) -> Result<PosEmbResample, String> {
+    match s {
+        "scipy-zoom" | "scipy" => Ok(PosEmbResample::ScipyZoom),
+        "bilinear" | "timm" => Ok(PosEmbResample::Bilinear),
+        _ => Err(format!(
+            "unknown resampling `{s}`: expected scipy-zoom or bilinear"
+        )),
+    }
+}
+
+impl WeightsArgs {
+    fn options(&self) -> Result<LoadOptions> {
+        let arch = if self.variant.eq_ignore_ascii_case("auto") {
+            None
+        } else {
+            let mut cfg = VitConfig::from_variant(&self.variant)?;
+            if let Some(size) = self.image_size {
+                cfg = cfg.with_image_size(size);
+            }
+            Some(cfg)
+        };
+        Ok(LoadOptions {
+            arch,
+            image_size: self.image_size,
+            resample: self.resample,
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// The weights file (.npz or .safetensors).
+    weights: PathBuf,
+    #[command(flatten)]
+    load: WeightsArgs,
+}
+
+#[derive(Args, Debug)]
+struct ConvertArgs {
+    /// Input checkpoint (.npz or .safetensors).
+    input: PathBuf,
+    /// Output file (.safetensors, native layout). An existing file is never overwritten.
+    output: PathBuf,
+    #[command(flatten)]
+    load: WeightsArgs,
+}
+
+struct Inspect(InspectArgs, DeviceSpec);
+
+impl Job for Inspect {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let Inspect(args, spec) = self;
+        let opts = args.load.options()?;
+        let (model, pre) = load_pretrained::<B::InnerBackend>(&args.weights, &opts, &device)?;
+        let cfg = &model.config;
+        println!("file:         {}", args.weights.display());
+        println!("layout:       {}", pre.source);
+        println!("sha256:       {}", pre.sha256.as_deref().unwrap_or("?"));
+        println!("architecture: {}", cfg.display_name());
+        println!(
+            "              width {}, depth {}, heads {}, MLP {}, patch {}, grid {}x{}",
+            cfg.hidden,
+            cfg.depth,
+            cfg.heads,
+            cfg.mlp_dim,
+            cfg.patch_size,
+            cfg.grid(),
+            cfg.grid()
+        );
+        println!(
+            "parameters:   {} (backbone, no head)",
+            group(cfg.num_backbone_params())
+        );
+        println!(
+            "input recipe: {} px, mean {:?}, std {:?}",
+            pre.input_size, pre.mean, pre.std
+        );
+        let images = Tensor::<B::InnerBackend, 4>::zeros(
+            [1, cfg.in_channels, cfg.image_size, cfg.image_size],
+            &device,
+        );
+        let start = Instant::now();
+        let features = model.forward(images);
+        let norm = features
+            .powi_scalar(2)
+            .sum()
+            .sqrt()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN);
+        println!(
+            "forward:      ok on {spec} in {:.3} s (CLS feature norm of a black image: {norm:.4})",
+            start.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+struct Convert(ConvertArgs);
+
+impl Job for Convert {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let Convert(args) = self;
+        if args.output.exists() {
+            anyhow::bail!(
+                "{}: already exists; vapt never overwrites a file, choose another output path",
+                args.output.display()
+            );
+        }
+        let opts = args.load.options()?;
+        let (model, pre) = load_pretrained::<B::InnerBackend>(&args.input, &opts, &device)?;
+        model
+            .save_safetensors(&args.output, Some(&pre))
+            .with_context(|| format!("converting {}", args.input.display()))?;
+        println!(
+            "wrote {} ({}, {} parameters, source sha256 {})",
+            args.output.display(),
+            model.config.display_name(),
+            group(model.config.num_backbone_params()),
+            pre.sha256.as_deref().unwrap_or("?")
+        );
+        Ok(())
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device)),
+        Command::Convert(args) => dispatch(cli.device, Convert(args)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

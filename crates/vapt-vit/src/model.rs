@@ -1,0 +1,275 @@
+//! The backend-generic Vision Transformer.
+//!
+//! Token layout: `[CLS, patch_0 .. patch_{N-1}]` after [`Vit::embed`], patches row-major
+//! (n = r·g + q, r the patch row). Blocks are pre-LN:
+//! `h += Out(Attn(LN1(h)))`, `h += MLP(LN2(h))`, with separate q/k/v projections, heads laid out
+//! head-major inside the width (index h·head_dim + j), exact erf GELU, LayerNorm eps from the config.
+//!
+//! The API is built for prompt methods: [`Vit::embed`] gives the token sequence, the caller runs
+//! [`Vit::blocks`] one at a time on a sequence it controls (inserting or replacing prompt tokens in
+//! between), optionally asking a block for its attention probabilities, and finishes with
+//! [`Vit::forward_head`] (final norm → CLS → head).
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+
+use crate::config::VitConfig;
+
+/// Patch embedding: a p×p, stride-p convolution written as unfold + matmul.
+///
+/// `weight` is `[C·p·p, D]` with the input index `c·p² + ky·p + kx` (the flattened OIHW conv
+/// kernel, transposed), `bias` is `[D]`.
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    /// `[C·p·p, D]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[D]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    /// `[B, C, H, W]` → `[B, N, D]`, patches row-major.
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = images.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let patches = images
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * gh * gw, c * p * p]);
+        let d = self.bias.dims()[0];
+        let out = patches.matmul(self.weight.val()) + self.bias.val().unsqueeze::<2>();
+        out.reshape([b, gh * gw, d])
+    }
+}
+
+/// Multi-head self-attention with separate q/k/v/out projections (weights `[in, out]`).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection.
+    pub query: Linear<B>,
+    /// Key projection.
+    pub key: Linear<B>,
+    /// Value projection.
+    pub value: Linear<B>,
+    /// Output projection (input index h·head_dim + j).
+    pub out: Linear<B>,
+    /// Dropout on the attention probabilities.
+    pub attn_drop: Dropout,
+    /// Dropout after the output projection.
+    pub proj_drop: Dropout,
+    /// Number of heads.
+    pub heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// `[B, T, D]` → `[B, T, D]`; with `keep_probs`, also the softmax probabilities `[B, H, T, T]`
+    /// (before attention dropout).
+    pub fn forward(&self, x: Tensor<B, 3>, keep_probs: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let [b, t, d] = x.dims();
+        let h = self.heads;
+        let hd = d / h;
+        let split = |y: Tensor<B, 3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
+        let q = split(self.query.forward(x.clone()));
+        let k = split(self.key.forward(x.clone()));
+        let v = split(self.value.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
+        let probs = softmax(scores, 3);
+        let kept = keep_probs.then(|| probs.clone());
+        let ctx = self.attn_drop.forward(probs).matmul(v);
+        let ctx = ctx.swap_dims(1, 2).reshape([b, t, d]);
+        (self.proj_drop.forward(self.out.forward(ctx)), kept)
+    }
+}
+
+/// The block MLP: Linear → exact GELU → dropout → Linear → dropout.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `D → mlp_dim`.
+    pub fc1: Linear<B>,
+    /// `mlp_dim → D`.
+    pub fc2: Linear<B>,
+    /// Dropout after the activation and after `fc2`.
+    pub drop: Dropout,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `[.., D]` → `[.., D]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = self.drop.forward(gelu(self.fc1.forward(x)));
+        self.drop.forward(self.fc2.forward(x))
+    }
+}
+
+/// One pre-LN transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// LayerNorm before attention (`LayerNorm_0` in Google checkpoints).
+    pub norm1: LayerNorm<B>,
+    /// Self-attention.
+    pub attn: Attention<B>,
+    /// LayerNorm before the MLP (`LayerNorm_2`).
+    pub norm2: LayerNorm<B>,
+    /// The MLP (`MlpBlock_3`).
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// Runs the block on `[B, T, D]` tokens.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_impl(x, false).0
+    }
+
+    /// Runs the block and also returns its attention probabilities `[B, H, T, T]`.
+    pub fn forward_with_attention(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 4>) {
+        let (x, probs) = self.forward_impl(x, true);
+        let probs = probs.unwrap_or_else(|| unreachable!("attention asked to keep its probabilities"));
+        (x, probs)
+    }
+
+    fn forward_impl(&self, x: Tensor<B, 3>, keep: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let (a, probs) = self.attn.forward(self.norm1.forward(x.clone()), keep);
+        let x = x + a;
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        (x, probs)
+    }
+}
+
+/// A Vision Transformer backbone (and optional built-in head).
+#[derive(Module, Debug)]
+pub struct Vit<B: Backend> {
+    /// Patch embedding.
+    pub patch_embed: PatchEmbed<B>,
+    /// CLS token `[1, 1, D]`.
+    pub cls_token: Param<Tensor<B, 3>>,
+    /// Learned position embedding `[1, 1+N, D]`, row 0 for CLS.
+    pub pos_embed: Param<Tensor<B, 3>>,
+    /// Dropout after adding the position embedding.
+    pub pos_drop: Dropout,
+    /// The blocks, input side first.
+    pub blocks: Vec<Block<B>>,
+    /// Final LayerNorm (`encoder_norm`).
+    pub norm: LayerNorm<B>,
+    /// Optional classifier head `D → C` (weight `[D, C]`).
+    pub head: Option<Linear<B>>,
+    /// The architecture this model was built with.
+    #[module(skip)]
+    pub config: VitConfig,
+}
+
+impl VitConfig {
+    /// Builds a randomly initialised model (truncated-normal-like small weights; use the weight
+    /// loaders for real checkpoints).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Vit<B> {
+        let d = self.hidden;
+        let linear = |i: usize, o: usize| LinearConfig::new(i, o).init::<B>(device);
+        let norm = || {
+            LayerNormConfig::new(d)
+                .with_epsilon(self.layer_norm_eps)
+                .init::<B>(device)
+        };
+        let drop = DropoutConfig::new(self.dropout).init();
+        let blocks = (0..self.depth)
+            .map(|_| Block {
+                norm1: norm(),
+                attn: Attention {
+                    query: linear(d, d),
+                    key: linear(d, d),
+                    value: linear(d, d),
+                    out: linear(d, d),
+                    attn_drop: DropoutConfig::new(self.attention_dropout).init(),
+                    proj_drop: drop.clone(),
+                    heads: self.heads,
+                },
+                norm2: norm(),
+                mlp: Mlp {
+                    fc1: linear(d, self.mlp_dim),
+                    fc2: linear(self.mlp_dim, d),
+                    drop: drop.clone(),
+                },
+            })
+            .collect();
+        let normal = Distribution::Normal(0.0, 0.02);
+        Vit {
+            patch_embed: PatchEmbed {
+                weight: Param::from_tensor(Tensor::random([self.patch_dim(), d], normal, device)),
+                bias: Param::from_tensor(Tensor::zeros([d], device)),
+                patch_size: self.patch_size,
+            },
+            cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
+            pos_embed: Param::from_tensor(Tensor::random([1, 1 + self.num_patches(), d], normal, device)),
+            pos_drop: drop,
+            blocks,
+            norm: norm(),
+            head: self.num_classes.map(|c| linear(d, c)),
+            config: self.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Vit<B> {
+    /// Patch-embeds `[B, C, H, W]` images, prepends CLS and adds the position embedding:
+    /// `[B, 1+N, D]`.
+    pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let patches = self.patch_embed.forward(images);
+        let [b, _, d] = patches.dims();
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
+        self.pos_drop.forward(x)
+    }
+
+    /// Final LayerNorm over the sequence, then the CLS token: `[B, D]`.
+    pub fn forward_features(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, d] = tokens.dims();
+        // LayerNorm acts token by token, so normalising CLS alone equals normalising the sequence.
+        let cls = tokens.slice([0..b, 0..1, 0..d]);
+        self.norm.forward(cls).reshape([b, d])
+    }
+
+    /// [`Self::forward_features`] followed by the built-in head, if any (else the features).
+    pub fn forward_head(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
+        let features = self.forward_features(tokens);
+        match &self.head {
+            Some(head) => head.forward(features),
+            None => features,
+        }
+    }
+
+    /// Whole forward pass without prompts: images → logits (or features when there is no head).
+    pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = self.embed(images);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.forward_head(x)
+    }
+
+    /// Returns the model with every dropout set to `p` (`0.0` makes training behave as eval,
+    /// which is what prompt methods need from a frozen backbone).
+    pub fn with_dropout(mut self, p: f64, attention_p: f64) -> Self {
+        self.config.dropout = p;
+        self.config.attention_dropout = attention_p;
+        self.pos_drop.prob = p;
+        for block in &mut self.blocks {
+            block.attn.attn_drop.prob = attention_p;
+            block.attn.proj_drop.prob = p;
+            block.mlp.drop.prob = p;
+        }
+        self
+    }
+
+    /// Width D.
+    pub fn hidden(&self) -> usize {
+        self.config.hidden
+    }
+
+    /// Number of patch tokens N.
+    pub fn num_patches(&self) -> usize {
+        self.config.num_patches()
+    }
+}

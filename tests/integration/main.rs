@@ -1,0 +1,3 @@
+//! Cross-crate integration tests (one binary, to keep link time low).
+
+mod backbone;

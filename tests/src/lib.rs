@@ -1,0 +1,79 @@
+//! Shared helpers for vapt's cross-crate integration tests: locating the parity fixtures
+//! (`../shared/fixtures/parity`, or `$VAPT_FIXTURES`), reading their safetensors files and
+//! comparing tensors with the fixtures' tolerance rule.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use safetensors::tensor::Dtype;
+
+/// Root of the parity fixtures: `$VAPT_FIXTURES`, else `<repo>/../shared/fixtures/parity`.
+pub fn fixtures_root() -> PathBuf {
+    match std::env::var_os("VAPT_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/parity"),
+    }
+}
+
+/// Folder of one fixture, e.g. `c_vapt_default`.
+pub fn fixture(name: &str) -> PathBuf {
+    fixtures_root().join(name)
+}
+
+/// A tensor from a fixture file: shape and values as f64 (integers converted).
+#[derive(Debug, Clone)]
+pub struct FixtureTensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f64>,
+}
+
+impl FixtureTensor {
+    /// Values as f32.
+    pub fn f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+}
+
+/// Reads every tensor of a safetensors file (F32 and I64 supported).
+pub fn read_safetensors(path: &std::path::Path) -> BTreeMap<String, FixtureTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st =
+        safetensors::SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let b = view.data();
+        let values: Vec<f64> = match view.dtype() {
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            Dtype::I64 => b
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64)
+                .collect(),
+            other => panic!("{}: {name}: unsupported dtype {other:?}", path.display()),
+        };
+        out.insert(
+            name,
+            FixtureTensor {
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
+    }
+    out
+}
+
+/// `max|ours − expected| / (atol + rtol·max|expected|)`: the fraction of the tolerance used
+/// (≤ 1 passes). Panics on a length mismatch.
+pub fn tolerance_fraction(ours: &[f32], expected: &[f64], atol: f64, rtol: f64) -> f64 {
+    assert_eq!(ours.len(), expected.len(), "length mismatch");
+    let max_exp = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let max_err = ours
+        .iter()
+        .zip(expected)
+        .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+    max_err / (atol + rtol * max_exp)
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask <task>`: project automation that needs more than one cargo command.
+//!
+//! * `cargo xtask train [ARGS..]` — build `vapt` in release mode (default features) and run
+//!   `vapt train ARGS..`.
+//! * `cargo xtask ci` — what CI runs: fmt check, clippy, tests, and a `cuda` feature check.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn vapt(sub: &str, args: &[String]) -> Result<()> {
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "vapt-cli",
+            "--bin",
+            "vapt",
+            "--",
+            sub,
+        ])
+        .args(args))
+}
+
+fn ci() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    run(cargo().args(["check", "-p", "vapt-cli", "--features", "cuda"]))
+}
+
+const HELP: &str = "usage: cargo xtask <task> [args]
+
+tasks:
+  train [ARGS..]   build vapt (release) and run `vapt train ARGS..`
+  ci               fmt check, clippy -D warnings, tests, cuda feature check";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("train") => vapt("train", &args[1..]),
+        Some("ci") => ci(),
+        Some("help" | "-h" | "--help") | None => {
+            println!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown task `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
