@@ -1,3 +1,4 @@
 //! Cross-crate integration tests (one binary, to keep link time low).
 
 mod backbone;
+mod experts;

@@ -1,6 +1,7 @@
 //! `vapt` — prompt-expert tuning (VPT, VAPT) of frozen Vision Transformers.
 
 mod device;
+mod experts;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt inspect imagenet21k_ViT-B_16.npz
 ///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
+///   vapt params --variant B/16 --method vapt --prompts 10
+///   vapt parity ../shared/fixtures/parity/c_vapt_default --device wgpu
 #[derive(Parser, Debug)]
 #[command(name = "vapt", version, verbatim_doc_comment)]
 struct Cli {
@@ -47,6 +50,14 @@ enum Command {
     Inspect(InspectArgs),
     /// Convert a checkpoint (Google npz or timm safetensors) to vapt's native safetensors layout.
     Convert(ConvertArgs),
+    /// Count trainable and total parameters of a method on a backbone, per module (no weights
+    /// needed). Example: vapt params --variant B/16 --method vapt --prompts 10 --json
+    Params(experts::ParamsArgs),
+    /// Check vapt against a parity fixture made with the authors' code: forward (eval mode) and
+    /// gradients of the mean cross-entropy, every stored tensor against its tolerance. Prints one
+    /// line per tensor, then `parity: PASS|FAIL <n> tensors, worst <r> of tolerance`; exits 0 only
+    /// on PASS.
+    Parity(experts::ParityArgs),
 }
 
 /// How to read a weights file.
@@ -198,17 +209,24 @@ impl Job for Convert {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device)),
-        Command::Convert(args) => dispatch(cli.device, Convert(args)),
+        Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
+        Command::Convert(args) => dispatch(cli.device, Convert(args))?,
+        Command::Params(args) => experts::params(&args)?,
+        Command::Parity(args) => {
+            if !dispatch(cli.device, experts::Parity(args))? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

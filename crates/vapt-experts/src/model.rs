@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::{gelu, log_softmax, relu, sigmoid, softmax};
+use burn::tensor::activation::{log_softmax, relu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Int, Tensor};
-use vapt_vit::{Vit, VitConfig};
+use vapt_vit::{gelu_exact, Vit, VitConfig};
 
 use crate::config::{Activation, ConfigError, Method, PromptConfig};
 
@@ -66,7 +66,7 @@ impl<B: Backend> ProjectorMlp<B> {
         let h = linear(u.clone(), self.fc1.val().transpose(), None);
         let h = match self.activation {
             Activation::Relu => relu(h),
-            Activation::Gelu => gelu(h),
+            Activation::Gelu => gelu_exact(h),
             Activation::Sigmoid => sigmoid(h),
             Activation::Attention => softmax(h, 2),
             Activation::Identity => h,

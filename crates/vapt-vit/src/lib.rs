@@ -16,7 +16,7 @@ pub mod pretrained;
 pub mod weights;
 
 pub use config::{VariantError, VitConfig};
-pub use model::{Attention, Block, Mlp, PatchEmbed, Vit};
+pub use model::{gelu_exact, Attention, Block, Mlp, PatchEmbed, Vit};
 pub use pretrained::{PretrainedCfg, IMAGENET_MEAN, IMAGENET_STD};
 pub use weights::{
     load_pretrained, KeyMismatch, Layout, LoadError, LoadOptions, PosEmbResample, RawTensor, TensorMap,

@@ -18,6 +18,33 @@ use burn::tensor::{Distribution, Tensor};
 
 use crate::config::VitConfig;
 
+/// Exact (erf) GELU whose gradient is exact on every backend.
+///
+/// Burn 0.21's default `gelu_backward`, which the CubeCL backends (WGPU, CUDA) inherit,
+/// differentiates the *tanh approximation* (measured: 3e-4 relative error against the exact
+/// derivative), while Flex and LibTorch override it with the exact one. On other autodiff backends
+/// GELU is therefore composed as `x · ½(1 + erf(x/√2))`, whose backward goes through `erf`'s exact
+/// derivative; everywhere else the fused kernel is used.
+pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let device = x.device();
+    if !B::ad_enabled(&device) || fused_gelu_backward_is_exact(&B::name(&device)) {
+        return gelu(x);
+    }
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    x * cdf
+}
+
+/// Backends (by `Backend::name`) whose fused `gelu_backward` is the exact derivative.
+fn fused_gelu_backward_is_exact(name: &str) -> bool {
+    let inner = name.strip_prefix("autodiff<").unwrap_or(name);
+    inner.starts_with("flex") || inner.starts_with("tch")
+}
+
 /// Patch embedding: a p×p, stride-p convolution written as unfold + matmul.
 ///
 /// `weight` is `[C·p·p, D]` with the input index `c·p² + ky·p + kx` (the flattened OIHW conv
@@ -101,7 +128,7 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu(self.fc1.forward(x)));
+        let x = self.drop.forward(gelu_exact(self.fc1.forward(x)));
         self.drop.forward(self.fc2.forward(x))
     }
 }
@@ -271,5 +298,43 @@ impl<B: Backend> Vit<B> {
     /// Number of patch tokens N.
     pub fn num_patches(&self) -> usize {
         self.config.num_patches()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn gelu_exact_has_the_exact_erf_derivative() {
+        type A = Autodiff<Flex>;
+        let xs = vec![-3.0f32, -1.0, -0.3, 0.0, 0.4, 1.5, 2.5];
+        let x = Tensor::<A, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &Default::default())
+            .require_grad();
+        let y = gelu_exact(x.clone());
+        let g = x.grad(&y.clone().sum().backward()).unwrap();
+        let g = g.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let y = y.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        // Reference values of x·Φ(x) and Φ(x) + x·φ(x) (computed in f64 with math.erf).
+        let expect_y = [
+            -0.0040497, -0.1586553, -0.1146266, 0.0, 0.2621687, 1.3997892, 2.4844758,
+        ];
+        let expect_g = [
+            -0.0119456, -0.0833155, 0.2676722, 0.5, 0.8027298, 1.1274692, 1.0376111,
+        ];
+        for i in 0..xs.len() {
+            assert!((y[i] - expect_y[i]).abs() < 2e-6, "gelu({}) = {}", xs[i], y[i]);
+            assert!((g[i] - expect_g[i]).abs() < 2e-6, "gelu'({}) = {}", xs[i], g[i]);
+        }
+    }
+
+    #[test]
+    fn only_backends_with_an_exact_fused_backward_use_it() {
+        assert!(fused_gelu_backward_is_exact("autodiff<flex>"));
+        assert!(fused_gelu_backward_is_exact("flex"));
+        assert!(!fused_gelu_backward_is_exact("autodiff<fusion<jit<wgpu>>>"));
+        assert!(!fused_gelu_backward_is_exact("autodiff<cuda>"));
     }
 }
