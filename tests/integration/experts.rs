@@ -10,7 +10,7 @@ use vapt_experts::params::expert_gradients;
 use vapt_experts::parity::run_parity;
 use vapt_experts::{cross_entropy, Method, PromptConfig, PromptedVit, Trace};
 use vapt_tests::fixture;
-use vapt_vit::{load_pretrained, LoadOptions, VitConfig};
+use vapt_vit::{load_pretrained, LoadOptions, Vit, VitConfig};
 
 type A = Autodiff<Flex>;
 
@@ -38,15 +38,18 @@ fn parity_vapt_default() {
     parity("c_vapt_default");
 }
 
-/// The fixture backbone (D 48, 4 blocks) wrapped with freshly initialised experts.
+/// The fixture backbone (D 48, 4 blocks, 4 heads).
+fn backbone() -> Vit<A> {
+    let path = fixture("c_vapt_default").join("backbone.npz");
+    load_pretrained::<A>(&path, &LoadOptions::default(), &Default::default())
+        .unwrap()
+        .0
+}
+
+/// The fixture backbone wrapped with freshly initialised experts.
 fn fresh(method: Method) -> PromptedVit<A> {
     let device = Default::default();
-    let (vit, _) = load_pretrained::<A>(
-        &fixture("c_vapt_default").join("backbone.npz"),
-        &LoadOptions::default(),
-        &device,
-    )
-    .unwrap();
+    let vit = backbone();
     let mut cfg = PromptConfig::new(method, 5, 7).without_dropout();
     cfg.vapt.hidden_dim = 8;
     PromptedVit::new(vit, cfg, &device).unwrap()
@@ -207,12 +210,7 @@ fn prompt_artifact_round_trips_and_rejects_a_mismatched_backbone() {
     let size = std::fs::metadata(&path).unwrap().len();
     assert!(size < 200_000, "artifact is {size} bytes");
     let device = Default::default();
-    let (vit, _) = load_pretrained::<A>(
-        &fixture("c_vapt_default").join("backbone.npz"),
-        &LoadOptions::default(),
-        &device,
-    )
-    .unwrap();
+    let vit = backbone();
     let loaded = vapt_experts::load_artifact(&path, vit.clone(), Some("abc123"), &device).unwrap();
     assert_eq!(loaded.config, model.config);
     assert_eq!(loaded.export_experts().tensors, model.export_experts().tensors);
@@ -485,12 +483,7 @@ fn adaptive_generator_matches_an_independent_reference_for_every_knob() {
         .collect();
     let patches64: Vec<f64> = patches.iter().map(|&x| x as f64).collect();
     for (name, vapt) in variants {
-        let (vit, _) = load_pretrained::<A>(
-            &fixture("c_vapt_default").join("backbone.npz"),
-            &LoadOptions::default(),
-            &device,
-        )
-        .unwrap();
+        let vit = backbone();
         let mut cfg = PromptConfig::new(Method::Vapt, 3, 7);
         cfg.vapt = vapt;
         let cfg = cfg.without_dropout();
@@ -517,12 +510,7 @@ fn adaptive_generator_matches_an_independent_reference_for_every_knob() {
 #[test]
 fn vpt_depth_uses_deep_static_prompts_before_the_adaptive_blocks() {
     let device = Default::default();
-    let (vit, _) = load_pretrained::<A>(
-        &fixture("c_vapt_default").join("backbone.npz"),
-        &LoadOptions::default(),
-        &device,
-    )
-    .unwrap();
+    let vit = backbone();
     let mut cfg = PromptConfig::new(Method::Vapt, 4, 7).without_dropout();
     cfg.vapt.vpt_depth = 3;
     let model = randomise(PromptedVit::new(vit, cfg, &device).unwrap());

@@ -1,5 +1,6 @@
 //! `vapt` — prompt-expert tuning (VPT, VAPT) of frozen Vision Transformers.
 
+mod bench;
 mod device;
 mod experts;
 
@@ -58,6 +59,9 @@ enum Command {
     /// line per tensor, then `parity: PASS|FAIL <n> tensors, worst <r> of tolerance`; exits 0 only
     /// on PASS.
     Parity(experts::ParityArgs),
+    /// Time the eval forward and the train step (forward + backward + SGD) of a method on a
+    /// backbone with random weights. Example: vapt bench --variant B/16 --method vapt --batch-size 8
+    Bench(bench::BenchArgs),
 }
 
 /// How to read a weights file.
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
         Command::Params(args) => experts::params(&args)?,
+        Command::Bench(args) => dispatch(cli.device, bench::Bench(args, cli.device))?,
         Command::Parity(args) => {
             if !dispatch(cli.device, experts::Parity(args))? {
                 return Ok(ExitCode::FAILURE);

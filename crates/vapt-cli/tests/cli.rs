@@ -224,3 +224,40 @@ fn parity_fails_loudly_on_a_tampered_fixture() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("config.json"));
 }
+
+#[test]
+fn bench_prints_valid_json_with_timings() {
+    for method in ["vapt", "vpt-deep", "linear", "full"] {
+        let out = vapt()
+            .args([
+                "bench",
+                "--variant",
+                "D48-L2-H4-M96-P16",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "2",
+            ])
+            .args([
+                "--iters",
+                "2",
+                "--warmup",
+                "1",
+                "--classes",
+                "5",
+                "--prompts",
+                "3",
+                "--json",
+                "--method",
+                method,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["method"], method);
+        assert!(v["eval_forward_s"].as_f64().unwrap() > 0.0);
+        assert!(v["train_step_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(v["train_runs_s"].as_array().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,181 @@
+//! `vapt bench`: eval-forward and train-step timings of a prompted ViT with random weights.
+//!
+//! A first cut of the benchmark (the benchmarks issue extends it): warm-up runs are excluded and
+//! the median of `--iters` runs is reported; a train step is forward + mean cross-entropy +
+//! backward + one SGD (momentum 0.9) step.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::AutodiffModule;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use clap::Args;
+use serde_json::json;
+use vapt_experts::{cross_entropy, ParamReport, PromptedVit};
+use vapt_vit::VitConfig;
+
+use crate::device::{DeviceSpec, Job};
+use crate::experts::ExpertArgs;
+
+/// `vapt bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Backbone variant (random weights).
+    #[arg(long, default_value = "B/16")]
+    pub variant: String,
+    /// Input image side.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Classes of the head.
+    #[arg(long, default_value_t = 100)]
+    pub classes: usize,
+    /// Untimed runs before measuring.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Skip the train-step measurement.
+    #[arg(long)]
+    pub no_train: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub experts: ExpertArgs,
+}
+
+/// Runs the benchmark on the chosen backend.
+pub struct Bench(pub BenchArgs, pub DeviceSpec);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// Forces the computation of `t` (reads one value back).
+fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
+    let _ = t.sum().into_data();
+}
+
+impl Job for Bench {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let Bench(args, spec) = self;
+        let vit = VitConfig::from_variant(&args.variant)?.with_image_size(args.image_size);
+        let cfg = args.experts.config(args.classes);
+        let report = ParamReport::new(&cfg, &vit);
+        B::seed(&device, 0);
+        let backbone = vit.init::<B>(&device);
+        let model = PromptedVit::new(backbone, cfg.clone(), &device)?;
+        let s = args.image_size;
+        let images = Tensor::<B, 4>::random(
+            [args.batch_size, 3, s, s],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let labels: Vec<i64> = (0..args.batch_size as i64)
+            .map(|i| i % args.classes.max(1) as i64)
+            .collect();
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [args.batch_size]), &device);
+
+        let eval_model = model.valid();
+        let eval_images = images.clone().inner();
+        let eval = time(args.warmup, args.iters, || {
+            sync(eval_model.forward(eval_images.clone()))
+        });
+
+        let train = if args.no_train {
+            Vec::new()
+        } else {
+            let mut optim = SgdConfig::new()
+                .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+                .init::<B, PromptedVit<B>>();
+            let mut m = Some(model);
+            time(args.warmup, args.iters, || {
+                let Some(current) = m.take() else { return };
+                let loss = cross_entropy(current.forward(images.clone()), labels.clone());
+                let grads = GradientsParams::from_grads(loss.backward(), &current);
+                let next = optim.step(1e-3, current, grads);
+                sync(next.prompts.as_ref().map_or_else(
+                    || {
+                        next.head
+                            .as_ref()
+                            .map_or(Tensor::zeros([1], &device), |h| h.bias.val())
+                    },
+                    |p| p.prompt.val().sum(),
+                ));
+                m = Some(next);
+            })
+        };
+        let (eval_s, train_s) = (median(eval.clone()), median(train.clone()));
+        let result = json!({
+            "device": spec.to_string(),
+            "backend": B::name(&device),
+            "variant": vit.display_name(),
+            "method": cfg.method.name(),
+            "num_prompts": cfg.num_prompts,
+            "batch_size": args.batch_size,
+            "image_size": s,
+            "trainable_params": report.trainable,
+            "eval_forward_s": eval_s,
+            "eval_img_per_s": args.batch_size as f64 / eval_s,
+            "eval_runs_s": eval,
+            "train_step_s": if args.no_train { None } else { Some(train_s) },
+            "train_img_per_s": if args.no_train { None } else { Some(args.batch_size as f64 / train_s) },
+            "train_runs_s": train,
+        });
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else {
+            println!(
+                "{} {} on {} ({}), batch {} at {}²",
+                cfg.method,
+                vit.display_name(),
+                spec,
+                B::name(&device),
+                args.batch_size,
+                s
+            );
+            println!(
+                "  eval forward: {eval_s:.3} s median ({:.1} img/s)",
+                args.batch_size as f64 / eval_s
+            );
+            if !args.no_train {
+                println!(
+                    "  train step:   {train_s:.3} s median ({:.1} img/s)",
+                    args.batch_size as f64 / train_s
+                );
+            }
+        }
+        Ok(())
+    }
+}
