@@ -3,7 +3,12 @@
 //! * `cargo xtask train [ARGS..]` — build `vapt` in release mode (default features) and run
 //!   `vapt train ARGS..`.
 //! * `cargo xtask ci` — what CI runs: fmt check, clippy, tests, and a `cuda` feature check.
+//! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
+//!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
 
+mod fashion_mnist;
+
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
@@ -44,17 +49,37 @@ fn ci() -> Result<()> {
     run(cargo().args(["check", "-p", "vapt-cli", "--features", "cuda"]))
 }
 
+fn fashion(args: &[String]) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut src = PathBuf::from(fashion_mnist::DEFAULT_SRC);
+    let mut out = root.join("datasets/fashion-mnist-1k");
+    let mut force = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--src" => src = it.next().map(PathBuf::from).context("--src needs a folder")?,
+            "--out" => out = it.next().map(PathBuf::from).context("--out needs a folder")?,
+            "--force" => force = true,
+            other => bail!("unknown argument `{other}`"),
+        }
+    }
+    fashion_mnist::build(&src, &out, force)
+}
+
 const HELP: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   train [ARGS..]   build vapt (release) and run `vapt train ARGS..`
-  ci               fmt check, clippy -D warnings, tests, cuda feature check";
+  ci               fmt check, clippy -D warnings, tests, cuda feature check
+  fashion-mnist [--src DIR] [--out DIR] [--force]
+                   rebuild datasets/fashion-mnist-1k from the Debian package dataset-fashion-mnist";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("train") => vapt("train", &args[1..]),
         Some("ci") => ci(),
+        Some("fashion-mnist") => fashion(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             println!("{HELP}");
             Ok(())

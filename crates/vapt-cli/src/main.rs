@@ -1,6 +1,7 @@
 //! `vapt` — prompt-expert tuning (VPT, VAPT) of frozen Vision Transformers.
 
 mod bench;
+mod data;
 mod device;
 mod experts;
 
@@ -29,6 +30,7 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
 ///   vapt params --variant B/16 --method vapt --prompts 10
 ///   vapt parity ../shared/fixtures/parity/c_vapt_default --device wgpu
+///   vapt data verify datasets/fashion-mnist-1k
 #[derive(Parser, Debug)]
 #[command(name = "vapt", version, verbatim_doc_comment)]
 struct Cli {
@@ -62,6 +64,10 @@ enum Command {
     /// Time the eval forward and the train step (forward + backward + SGD) of a method on a
     /// backbone with random weights. Example: vapt bench --variant B/16 --method vapt --batch-size 8
     Bench(bench::BenchArgs),
+    /// Dataset tools: `verify` (existence, decoding, counts, SHA-256 manifest) and `bench`
+    /// (decode + transform img/s).
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// How to read a weights file.
@@ -218,6 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
         Command::Params(args) => experts::params(&args)?,
+        Command::Data(cmd) => data::run(cmd)?,
         Command::Bench(args) => dispatch(cli.device, bench::Bench(args, cli.device))?,
         Command::Parity(args) => {
             if !dispatch(cli.device, experts::Parity(args))? {

@@ -1,7 +1,30 @@
 //! # vapt-data
 //!
-//! Datasets and transforms for vapt: VTAB-1k folder lists, VPT's FGVC json, class-per-folder image
-//! trees, the paper's VTAB/FGVC transforms and a Burn batcher.
+//! Datasets and transforms for vapt, reading the formats people actually have and saying precisely
+//! what is wrong (file and line) when something is:
 //!
-//! Not implemented yet (tracked in the datasets issue); this crate currently only reserves its
-//! place in the layer order `data → vit → experts → train → cli`.
+//! * [`vtab`] — VTAB-1k community folder lists (`train800`, `val200`, `train800val200`, `test`) and
+//!   the task registry (19 tasks + the embedded `fashion-mnist-1k`).
+//! * [`fgvc`] — VPT's FGVC json splits, with one class map built from `train.json`.
+//! * [`folder`] — class-per-subfolder trees for users' own data.
+//! * [`transform`] — the exact VTAB (TF2 bilinear) and FGVC (PIL bilinear, crops, flip) recipes.
+//! * [`images`] — parallel decoding, the in-memory u8 cache, a Burn `Dataset` and `Batcher`.
+//! * [`verify`] — `vapt data verify`: existence, decoding, counts and a SHA-256 manifest.
+
+pub mod error;
+pub mod fgvc;
+pub mod folder;
+pub mod images;
+pub mod split;
+pub mod transform;
+pub mod verify;
+pub mod vtab;
+
+pub use error::DataError;
+pub use images::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
+pub use split::{Sample, Split};
+pub use transform::{Crop, Resize, Rgb8, Transform};
+pub use vtab::{Group, TaskInfo, VtabSplit};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! Decoding, caching and batching images of a [`Split`].
+//!
+//! Images are decoded in parallel (rayon) to 8-bit RGB (grey and RGBA become RGB); splits up to
+//! [`CACHE_LIMIT`] images keep the decoded bytes in memory after first use, so later epochs only
+//! pay for the transform. [`ImageBatcher`] turns items into tensors on the chosen device.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::error::DataError;
+use crate::split::Split;
+use crate::transform::{Rgb8, SplitMix64, Transform};
+
+/// Splits with at most this many images are cached in memory (as decoded u8) after first use.
+pub const CACHE_LIMIT: usize = 20_000;
+
+/// Decodes an image file to 8-bit RGB.
+pub fn decode(path: &Path) -> Result<Rgb8, DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    decode_bytes(path, &bytes)
+}
+
+/// Decodes image bytes (`path` only names them in errors).
+pub fn decode_bytes(path: &Path, bytes: &[u8]) -> Result<Rgb8, DataError> {
+    let img = image::load_from_memory(bytes).map_err(|e| DataError::Decode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let rgb = img.to_rgb8();
+    Ok(Rgb8 {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    })
+}
+
+/// One transformed image and its label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageItem {
+    /// CHW float32, normalised.
+    pub pixels: Vec<f32>,
+    /// Class index.
+    pub label: usize,
+}
+
+/// A split plus its transform, with an in-memory cache of decoded images.
+#[derive(Debug)]
+pub struct ImageSet {
+    /// The images and labels.
+    pub split: Split,
+    /// The preprocessing recipe.
+    pub transform: Transform,
+    cache: Option<Vec<OnceLock<Arc<Rgb8>>>>,
+    seed: u64,
+    epoch: AtomicU64,
+}
+
+impl ImageSet {
+    /// Wraps `split`; random transforms are seeded from `seed`, the epoch and the image index.
+    pub fn new(split: Split, transform: Transform, seed: u64) -> Self {
+        let cache = (split.len() <= CACHE_LIMIT).then(|| (0..split.len()).map(|_| OnceLock::new()).collect());
+        Self {
+            split,
+            transform,
+            cache,
+            seed,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.split.len()
+    }
+
+    /// Whether the split is empty.
+    pub fn is_empty(&self) -> bool {
+        self.split.is_empty()
+    }
+
+    /// Sets the epoch that seeds random crops and flips.
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// The decoded image `i` (from the cache when possible). A missing file is reported with the
+    /// list (and line) that named it.
+    pub fn image(&self, i: usize) -> Result<Arc<Rgb8>, DataError> {
+        let load = || -> Result<Arc<Rgb8>, DataError> {
+            let s = &self.split.samples[i];
+            if !s.path.is_file() {
+                return Err(DataError::MissingImage {
+                    path: s.path.clone(),
+                    list: self.split.source.clone(),
+                    line: s.line,
+                });
+            }
+            decode(&s.path).map(Arc::new)
+        };
+        match &self.cache {
+            Some(cache) => {
+                if let Some(img) = cache[i].get() {
+                    return Ok(img.clone());
+                }
+                let img = load()?;
+                Ok(cache[i].get_or_init(|| img).clone())
+            }
+            None => load(),
+        }
+    }
+
+    /// Decodes every image in parallel (filling the cache); the first error is returned.
+    pub fn preload(&self) -> Result<(), DataError> {
+        (0..self.len())
+            .into_par_iter()
+            .try_for_each(|i| self.image(i).map(|_| ()))
+    }
+
+    /// Image `i` transformed.
+    pub fn item(&self, i: usize) -> Result<ImageItem, DataError> {
+        let img = self.image(i)?;
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let mut rng =
+            SplitMix64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9) ^ (i as u64).wrapping_mul(0x85EB_CA6B));
+        Ok(ImageItem {
+            pixels: self.transform.apply(&img, &mut rng),
+            label: self.split.samples[i].label,
+        })
+    }
+
+    /// Items `indices`, decoded and transformed in parallel, in order.
+    pub fn items(&self, indices: &[usize]) -> Result<Vec<ImageItem>, DataError> {
+        indices.par_iter().map(|&i| self.item(i)).collect()
+    }
+}
+
+impl Dataset<ImageItem> for ImageSet {
+    /// The transformed item; `None` past the end. Call [`ImageSet::preload`] (or `vapt data verify`)
+    /// first: an unreadable image here is reported on stderr and yields `None`.
+    fn get(&self, index: usize) -> Option<ImageItem> {
+        if index >= self.len() {
+            return None;
+        }
+        match self.item(index) {
+            Ok(item) => Some(item),
+            Err(e) => {
+                eprintln!("vapt-data: {e}");
+                None
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.split.len()
+    }
+}
+
+/// A batch on a device.
+#[derive(Debug, Clone)]
+pub struct ImageBatch<B: Backend> {
+    /// `[B, 3, S, S]`.
+    pub images: Tensor<B, 4>,
+    /// `[B]` class indices.
+    pub targets: Tensor<B, 1, Int>,
+}
+
+/// Builds [`ImageBatch`]es of `size × size` images on the requested device.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageBatcher {
+    /// Image side.
+    pub size: usize,
+}
+
+impl<B: Backend> Batcher<B, ImageItem, ImageBatch<B>> for ImageBatcher {
+    fn batch(&self, items: Vec<ImageItem>, device: &B::Device) -> ImageBatch<B> {
+        make_batch(&items, self.size, device)
+    }
+}
+
+/// Stacks items into tensors on `device`.
+pub fn make_batch<B: Backend>(items: &[ImageItem], size: usize, device: &B::Device) -> ImageBatch<B> {
+    let n = items.len();
+    let mut pixels = Vec::with_capacity(n * 3 * size * size);
+    for it in items {
+        pixels.extend_from_slice(&it.pixels);
+    }
+    let labels: Vec<i64> = items.iter().map(|it| it.label as i64).collect();
+    ImageBatch {
+        images: Tensor::from_data(TensorData::new(pixels, [n, 3, size, size]), device),
+        targets: Tensor::from_data(TensorData::new(labels, [n]), device),
+    }
+}

@@ -1,0 +1,292 @@
+//! Format, error and loader tests on folders built inside the tests and on the shipped
+//! `datasets/fashion-mnist-1k`.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+
+use crate::error::DataError;
+use crate::fgvc::Fgvc;
+use crate::images::{make_batch, ImageSet};
+use crate::transform::Transform;
+use crate::vtab::{self, VtabSplit};
+
+fn write_png(path: &Path, w: u32, h: u32, value: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    image::RgbImage::from_pixel(w, h, image::Rgb([value, value / 2, 255 - value]))
+        .save(path)
+        .unwrap();
+}
+
+/// A VTAB-format task folder: 3 classes, 6 train800 images (PNG and JPEG), 3 val200, 3 test.
+fn vtab_folder() -> (tempfile::TempDir, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let task = root.path().join("mytask");
+    let mut lists: Vec<(&str, Vec<String>)> = Vec::new();
+    for (split, n) in [("train800", 6), ("val200", 3), ("test", 3)] {
+        let mut lines = Vec::new();
+        for i in 0..n {
+            let ext = if i % 2 == 0 { "png" } else { "jpg" };
+            let rel = format!("images/{split}/{i:06}.{ext}");
+            write_png(&task.join(&rel), 10 + i as u32, 8, (i * 40) as u8);
+            lines.push(format!("{rel} {}", i % 3));
+        }
+        lists.push((split, lines));
+    }
+    let tv = [lists[0].1.clone(), lists[1].1.clone()].concat();
+    lists.push(("train800val200", tv));
+    for (split, lines) in lists {
+        std::fs::write(task.join(format!("{split}.txt")), lines.join("\n") + "\n").unwrap();
+    }
+    (root, task)
+}
+
+#[test]
+fn reads_a_vtab_folder() {
+    let (_root, task) = vtab_folder();
+    let train = vtab::open_dir(&task, 3, VtabSplit::Train800).unwrap();
+    assert_eq!(train.len(), 6);
+    assert_eq!(train.class_counts(), vec![2, 2, 2]);
+    assert_eq!(train.samples[4].label, 1);
+    assert_eq!(train.samples[4].line, Some(5));
+    assert!(train.samples[1].path.ends_with("images/train800/000001.jpg"));
+    assert_eq!(
+        vtab::open_dir(&task, 3, VtabSplit::Train800Val200).unwrap().len(),
+        9
+    );
+    let set = ImageSet::new(
+        vtab::open_dir(&task, 3, VtabSplit::Test).unwrap(),
+        Transform::vtab(16, [0.0; 3], [1.0; 3]),
+        0,
+    );
+    set.preload().unwrap();
+    let img = set.image(2).unwrap();
+    assert_eq!((img.width, img.height), (12, 8));
+    let item = set.item(0).unwrap();
+    assert_eq!(item.pixels.len(), 3 * 16 * 16);
+    // PNG, constant colour (0, 0, 255) → exact after resize: R = 0, B = 1.
+    assert!(item.pixels[..256].iter().all(|&v| v == 0.0));
+    assert!(item.pixels[512..].iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn reads_a_fgvc_tree_and_remaps_ids_from_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (name, v) in [("a.png", 0u8), ("b.png", 50), ("c.png", 100), ("d.png", 150)] {
+        write_png(&root.join("images/x").join(name), 6, 6, v);
+    }
+    std::fs::write(
+        root.join("train.json"),
+        r#"{"x/a.png": 7, "x/b.png": 3, "x/c.png": 9}"#,
+    )
+    .unwrap();
+    std::fs::write(root.join("val.json"), r#"{"x/d.png": 9}"#).unwrap();
+    std::fs::write(root.join("test.json"), r#"{"x/d.png": 4}"#).unwrap();
+    let fgvc = Fgvc::open_with_image_dir(root, &root.join("images")).unwrap();
+    assert_eq!(fgvc.num_classes(), 3);
+    let train = fgvc.split("train").unwrap();
+    let labels: Vec<usize> = train.samples.iter().map(|s| s.label).collect();
+    assert_eq!(labels, vec![1, 0, 2]); // ids 7, 3, 9 -> sorted [3, 7, 9]
+    assert_eq!(fgvc.split("val").unwrap().samples[0].label, 2);
+    let err = fgvc.split("test").unwrap_err().to_string();
+    assert!(
+        err.contains("test.json") && err.contains("class id 4 does not occur in train.json"),
+        "{err}"
+    );
+    assert!(matches!(crate::fgvc::dataset("cub"), Ok(d) if d.classes == 200));
+}
+
+#[test]
+fn reads_a_class_per_folder_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    write_png(&dir.path().join("cat/1.png"), 4, 4, 1);
+    write_png(&dir.path().join("cat/2.png"), 4, 4, 2);
+    write_png(&dir.path().join("dog/1.png"), 4, 4, 3);
+    std::fs::write(dir.path().join("dog/notes.txt"), "not an image").unwrap();
+    let split = crate::folder::open(dir.path()).unwrap();
+    assert_eq!(split.class_names, vec!["cat", "dog"]);
+    assert_eq!(split.class_counts(), vec![2, 1]);
+}
+
+fn shipped() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/fashion-mnist-1k")
+}
+
+#[test]
+fn reads_the_shipped_fashion_mnist_1k() {
+    let root = shipped().parent().unwrap().to_path_buf();
+    let info = vtab::task("fashion-mnist-1k").unwrap();
+    assert_eq!(info.classes, 10);
+    for (split, n) in [
+        (VtabSplit::Train800, 800),
+        (VtabSplit::Val200, 200),
+        (VtabSplit::Train800Val200, 1000),
+        (VtabSplit::Test, 2000),
+    ] {
+        let s = vtab::open(&root, "fashion-mnist-1k", split).unwrap();
+        assert_eq!(s.len(), n);
+        assert_eq!(s.class_counts(), vec![n / 10; 10], "{split:?}");
+    }
+    let test = vtab::open(&root, "fashion-mnist-1k", VtabSplit::Test).unwrap();
+    assert_eq!(test.samples[0].label, 9); // the first Fashion-MNIST test image is an ankle boot
+    let set = ImageSet::new(test, Transform::vtab(32, [0.5; 3], [0.5; 3]), 0);
+    let img = set.image(0).unwrap();
+    assert_eq!((img.width, img.height), (28, 28));
+    // Greyscale became RGB: the three channels are equal.
+    assert!(img.data.chunks(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+    let item = set.item(0).unwrap();
+    assert_eq!(item.pixels.len(), 3 * 32 * 32);
+    assert!(item.pixels.iter().all(|v| (-1.0..=1.0).contains(v)));
+    // The manifest shipped with the folder matches the files.
+    let report = crate::verify::verify(&shipped(), None).unwrap();
+    assert!(!report.written, "the shipped folder must carry its manifest");
+    assert_eq!(report.manifest.files.len(), 3000);
+}
+
+#[test]
+fn batches_land_on_the_device_with_the_right_shapes() {
+    let (_root, task) = vtab_folder();
+    let set = ImageSet::new(
+        vtab::open_dir(&task, 3, VtabSplit::Train800).unwrap(),
+        Transform::vtab(8, [0.0; 3], [1.0; 3]),
+        0,
+    );
+    let items = set.items(&[0, 1, 2, 3]).unwrap();
+    let batch = make_batch::<Flex>(&items, 8, &Default::default());
+    assert_eq!(batch.images.dims(), [4, 3, 8, 8]);
+    let labels = batch
+        .targets
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap();
+    assert_eq!(labels, vec![0, 1, 2, 0]);
+    let px = batch
+        .images
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap();
+    assert_eq!(&px[..3 * 64], &items[0].pixels[..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input: every case is an error naming the file (and line), never a panic.
+// ---------------------------------------------------------------------------------------------
+
+fn assert_names(err: &DataError, needles: &[&str]) {
+    let msg = err.to_string();
+    for n in needles {
+        assert!(msg.contains(n), "`{msg}` lacks `{n}`");
+    }
+}
+
+#[test]
+fn missing_image_names_the_image_and_the_list_line() {
+    let (_root, task) = vtab_folder();
+    std::fs::remove_file(task.join("images/test/000001.jpg")).unwrap();
+    let set = ImageSet::new(
+        vtab::open_dir(&task, 3, VtabSplit::Test).unwrap(),
+        Transform::vtab(8, [0.0; 3], [1.0; 3]),
+        0,
+    );
+    let err = set.preload().unwrap_err();
+    assert!(matches!(err, DataError::MissingImage { .. }));
+    assert_names(&err, &["000001.jpg", "test.txt:2", "does not exist"]);
+}
+
+#[test]
+fn undecodable_image_names_the_file() {
+    let (_root, task) = vtab_folder();
+    std::fs::write(task.join("images/test/000002.png"), b"\x89PNG but not really").unwrap();
+    let set = ImageSet::new(
+        vtab::open_dir(&task, 3, VtabSplit::Test).unwrap(),
+        Transform::vtab(8, [0.0; 3], [1.0; 3]),
+        0,
+    );
+    let err = set.image(2).unwrap_err();
+    assert!(matches!(err, DataError::Decode { .. }));
+    assert_names(&err, &["000002.png", "cannot decode"]);
+}
+
+#[test]
+fn list_line_without_label_names_file_and_line() {
+    let (_root, task) = vtab_folder();
+    std::fs::write(
+        task.join("val200.txt"),
+        "images/val200/000000.png 0\nimages/val200/000001.jpg\n",
+    )
+    .unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Val200).unwrap_err();
+    assert_names(&err, &["val200.txt:2", "no label"]);
+}
+
+#[test]
+fn label_out_of_range_names_file_and_line() {
+    let (_root, task) = vtab_folder();
+    std::fs::write(task.join("val200.txt"), "a.png 0\n\nb.png 3\n").unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Val200).unwrap_err();
+    assert_names(&err, &["val200.txt:3", "label 3 is out of range", "3 classes"]);
+    std::fs::write(task.join("val200.txt"), "a.png -1\n").unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Val200).unwrap_err();
+    assert_names(&err, &["val200.txt:1", "not a non-negative integer"]);
+}
+
+#[test]
+fn json_with_a_non_integer_label_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.json"), r#"{"a.jpg": 1, "b.jpg": "two"}"#).unwrap();
+    let err = Fgvc::open_with_image_dir(dir.path(), dir.path()).unwrap_err();
+    assert_names(&err, &["train.json", "b.jpg", "not an integer"]);
+    std::fs::write(dir.path().join("train.json"), "[1, 2]").unwrap();
+    let err = Fgvc::open_with_image_dir(dir.path(), dir.path()).unwrap_err();
+    assert_names(&err, &["train.json", "expected one object"]);
+}
+
+#[test]
+fn empty_split_names_the_file() {
+    let (_root, task) = vtab_folder();
+    std::fs::write(task.join("test.txt"), "\n\n").unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Test).unwrap_err();
+    assert!(matches!(err, DataError::EmptySplit { .. }));
+    assert_names(&err, &["test.txt", "empty"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.json"), "{}").unwrap();
+    assert!(matches!(
+        Fgvc::open_with_image_dir(dir.path(), dir.path()),
+        Err(DataError::EmptySplit { .. })
+    ));
+}
+
+#[test]
+fn unknown_task_lists_the_known_ones() {
+    let err = vtab::open(Path::new("/nonexistent"), "imagenet", VtabSplit::Test).unwrap_err();
+    assert_names(&err, &["unknown task `imagenet`", "cifar", "smallnorb_ele"]);
+    let err = crate::fgvc::dataset("inat").unwrap_err();
+    assert_names(&err, &["unknown task `inat`", "CUB_200_2011"]);
+}
+
+#[test]
+fn missing_sweep_lists_are_explained() {
+    let (_root, task) = vtab_folder();
+    std::fs::remove_file(task.join("train800.txt")).unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Train800).unwrap_err();
+    assert_names(&err, &["train800.txt", "only train800val200.txt and test.txt"]);
+}
+
+#[test]
+fn manifest_detects_a_changed_file_and_is_never_overwritten() {
+    let (_root, task) = vtab_folder();
+    let first = crate::verify::verify(&task, Some(3)).unwrap();
+    assert!(first.written);
+    assert_eq!(
+        crate::verify::verify(&task, Some(3)).unwrap().manifest_sha256,
+        first.manifest_sha256
+    );
+    write_png(&task.join("images/test/000000.png"), 10, 8, 99);
+    let before = std::fs::read(task.join(crate::verify::MANIFEST)).unwrap();
+    let err = crate::verify::verify(&task, Some(3)).unwrap_err();
+    assert_names(&err, &["vapt-manifest.json", "changed images/test/000000.png"]);
+    assert_eq!(std::fs::read(task.join(crate::verify::MANIFEST)).unwrap(), before);
+}
