@@ -1,8 +1,11 @@
 //! # vapt-train
 //!
-//! The VTAB-1k / FGVC training protocol, sweeps and reports.
-//!
-//! Not implemented yet (tracked in the training-protocol issue).
+//! The VTAB-1k / FGVC training protocol. So far: [`protocol`] — the lr schedule, the SGD settings
+//! and coupled weight decay that skips the head bias (SPEC §7.1). The run loop, checkpoints,
+//! sweeps and reports are tracked in the training-protocol issue.
 
+pub mod protocol;
+
+pub use protocol::{coupled_weight_decay, gradients, sgd, Schedule};
 pub use vapt_data;
 pub use vapt_experts;
