@@ -2,14 +2,13 @@
 //!
 //! A first cut of the benchmark (the benchmarks issue extends it): warm-up runs are excluded and
 //! the median of `--iters` runs is reported; a train step is forward + mean cross-entropy +
-//! backward + one SGD (momentum 0.9) step.
+//! backward + one step of the protocol's SGD (momentum 0.9, dampening 0).
 
 use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use clap::Args;
@@ -80,9 +79,9 @@ fn time<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> Vec<f64> {
         .collect()
 }
 
-/// Forces the computation of `t` (reads one value back).
-fn sync<B: Backend, const D: usize>(t: Tensor<B, D>) {
-    let _ = t.sum().into_data();
+/// Waits until the device has finished the queued work.
+fn sync<B: Backend>(device: &B::Device) {
+    let _ = B::sync(device);
 }
 
 impl Job for Bench {
@@ -110,30 +109,21 @@ impl Job for Bench {
         let eval_model = model.valid();
         let eval_images = images.clone().inner();
         let eval = time(args.warmup, args.iters, || {
-            sync(eval_model.forward(eval_images.clone()))
+            let _logits = eval_model.forward(eval_images.clone());
+            sync::<B::InnerBackend>(&device);
         });
 
         let train = if args.no_train {
             Vec::new()
         } else {
-            let mut optim = SgdConfig::new()
-                .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
-                .init::<B, PromptedVit<B>>();
+            let mut optim = vapt_train::sgd().init::<B, PromptedVit<B>>();
             let mut m = Some(model);
             time(args.warmup, args.iters, || {
                 let Some(current) = m.take() else { return };
                 let loss = cross_entropy(current.forward(images.clone()), labels.clone());
                 let grads = GradientsParams::from_grads(loss.backward(), &current);
-                let next = optim.step(1e-3, current, grads);
-                sync(next.prompts.as_ref().map_or_else(
-                    || {
-                        next.head
-                            .as_ref()
-                            .map_or(Tensor::zeros([1], &device), |h| h.bias.val())
-                    },
-                    |p| p.prompt.val().sum(),
-                ));
-                m = Some(next);
+                m = Some(optim.step(1e-3, current, grads));
+                sync::<B>(&device);
             })
         };
         let (eval_s, train_s) = (median(eval.clone()), median(train.clone()));

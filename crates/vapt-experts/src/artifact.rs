@@ -160,7 +160,5 @@ pub fn load_artifact<B: Backend>(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    let mut map = map;
-    map.source = path.to_path_buf();
     Ok(model.import_experts(&map, device)?)
 }

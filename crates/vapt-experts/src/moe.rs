@@ -43,7 +43,7 @@ pub struct MoeView {
 /// Gate masses of one block from its attention probabilities `[B, H, T, T]` with `np` prompts
 /// after CLS; averaged over the batch.
 pub fn gate_masses<B: Backend>(probs: Tensor<B, 4>, np: usize) -> Vec<HeadGates> {
-    let [b, h, t, _] = probs.dims();
+    let [_, h, t, _] = probs.dims();
     let n = t - 1 - np;
     // Column-group sums: [B, H, T, 3] as (prompt, patch, cls).
     let cls = probs.clone().narrow(3, 0, 1);
@@ -63,7 +63,6 @@ pub fn gate_masses<B: Backend>(probs: Tensor<B, 4>, np: usize) -> Vec<HeadGates>
             .unwrap_or_default()
     };
     let (cq, pq) = (to_vec(cls_q), to_vec(patch_q));
-    let _ = b;
     (0..h)
         .map(|hh| {
             let m = |v: &[f64]| GateMass {

@@ -15,7 +15,7 @@
 //! | `Transformer/encoder_norm/{scale,bias}` | (D) | `norm.*` | — |
 //! | `head/*`, `pre_logits/*` | | not loaded | the pre-training head is never used |
 
-use super::{LoadError, RawTensor, TensorMap};
+use super::{LoadError, TensorMap};
 use crate::config::VitConfig;
 
 /// Key of the position embedding.
@@ -180,60 +180,4 @@ pub fn to_native(mut map: TensorMap, cfg: &VitConfig) -> Result<TensorMap, LoadE
         }
     }
     Ok(out)
-}
-
-/// Converts a native map back to the Google layout (no `head/*`), e.g. to write test files.
-pub fn from_native(native: &TensorMap, cfg: &VitConfig) -> TensorMap {
-    let (d, h, hd, p, c) = (
-        cfg.hidden,
-        cfg.heads,
-        cfg.head_dim(),
-        cfg.patch_size,
-        cfg.in_channels,
-    );
-    let get = |k: &str| native.tensors[k].clone();
-    let mut out = TensorMap::new(native.source.clone());
-    let kernel = get("patch_embed.weight")
-        .reshaped(vec![c, p, p, d])
-        .permuted(&[1, 2, 0, 3]);
-    out.insert("embedding/kernel", kernel);
-    out.insert("embedding/bias", get("patch_embed.bias"));
-    out.insert("cls", get("cls_token"));
-    out.insert(POS_EMBED, get("pos_embed"));
-    out.insert("Transformer/encoder_norm/scale", get("norm.weight"));
-    out.insert("Transformer/encoder_norm/bias", get("norm.bias"));
-    for i in 0..cfg.depth {
-        let b = block(i);
-        let att = format!("{b}/MultiHeadDotProductAttention_1");
-        let n = format!("blocks.{i}");
-        out.insert(
-            format!("{b}/LayerNorm_0/scale"),
-            get(&format!("{n}.norm1.weight")),
-        );
-        out.insert(format!("{b}/LayerNorm_0/bias"), get(&format!("{n}.norm1.bias")));
-        out.insert(
-            format!("{b}/LayerNorm_2/scale"),
-            get(&format!("{n}.norm2.weight")),
-        );
-        out.insert(format!("{b}/LayerNorm_2/bias"), get(&format!("{n}.norm2.bias")));
-        for qkv in ["query", "key", "value"] {
-            let w: RawTensor = get(&format!("{n}.attn.{qkv}.weight")).reshaped(vec![d, h, hd]);
-            out.insert(format!("{att}/{qkv}/kernel"), w);
-            out.insert(
-                format!("{att}/{qkv}/bias"),
-                get(&format!("{n}.attn.{qkv}.bias")).reshaped(vec![h, hd]),
-            );
-        }
-        out.insert(
-            format!("{att}/out/kernel"),
-            get(&format!("{n}.attn.out.weight")).reshaped(vec![h, hd, d]),
-        );
-        out.insert(format!("{att}/out/bias"), get(&format!("{n}.attn.out.bias")));
-        for (dst, src) in [("Dense_0", "fc1"), ("Dense_1", "fc2")] {
-            let mb = format!("{b}/MlpBlock_3/{dst}");
-            out.insert(format!("{mb}/kernel"), get(&format!("{n}.mlp.{src}.weight")));
-            out.insert(format!("{mb}/bias"), get(&format!("{n}.mlp.{src}.bias")));
-        }
-    }
-    out
 }
