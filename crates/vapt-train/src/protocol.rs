@@ -3,9 +3,10 @@
 //! trains at lr 0), and coupled L2 weight decay on every trainable tensor except the head bias.
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::backend::AutodiffBackend;
+use burn::optim::{GradientsParams, LearningRate, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use vapt_experts::PromptedVit;
@@ -53,6 +54,50 @@ impl Schedule {
     /// The learning rate of every step in `epoch`.
     pub fn lr(&self, epoch: usize) -> f64 {
         self.peak_lr() * self.factor(epoch)
+    }
+}
+
+/// The epoch-wise [`Schedule`] as a Burn [`LrScheduler`], which is stepped once before every
+/// optimiser step: step `i` (0-based) belongs to epoch `i / steps_per_epoch` (⌈n / batch⌉ steps,
+/// the last partial batch kept).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochScheduler {
+    /// The schedule.
+    pub schedule: Schedule,
+    /// Optimiser steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Steps taken so far.
+    pub iteration: usize,
+}
+
+impl EpochScheduler {
+    /// A scheduler for `train_len` images per epoch.
+    pub fn new(schedule: Schedule, train_len: usize) -> Self {
+        let steps_per_epoch = train_len.div_ceil(schedule.batch_size.max(1)).max(1);
+        Self {
+            schedule,
+            steps_per_epoch,
+            iteration: 0,
+        }
+    }
+}
+
+impl LrScheduler for EpochScheduler {
+    type Record<B: Backend> = usize;
+
+    fn step(&mut self) -> LearningRate {
+        let epoch = self.iteration / self.steps_per_epoch;
+        self.iteration += 1;
+        self.schedule.lr(epoch)
+    }
+
+    fn to_record<B: Backend>(&self) -> Self::Record<B> {
+        self.iteration
+    }
+
+    fn load_record<B: Backend>(mut self, record: Self::Record<B>) -> Self {
+        self.iteration = record;
+        self
     }
 }
 
@@ -136,6 +181,24 @@ mod tests {
         }
         assert!((s.lr(55) - 1.25).abs() < 1e-12);
         assert!(s.lr(99) > 0.0 && s.lr(99) < 0.001);
+    }
+
+    #[test]
+    fn the_burn_scheduler_follows_the_epoch_schedule() {
+        // train800 at batch 64: 13 steps per epoch, the last one partial.
+        let s = Schedule::paper(5.0);
+        let mut sched = EpochScheduler::new(s, 800);
+        assert_eq!(sched.steps_per_epoch, 13);
+        let lrs: Vec<f64> = (0..13 * 100).map(|_| sched.step()).collect();
+        for (i, lr) in lrs.iter().enumerate() {
+            assert_eq!(*lr, s.lr(i / 13), "step {i}");
+        }
+        assert!(lrs[..13].iter().all(|&l| l == 0.0), "epoch 0 trains at lr 0");
+        assert_eq!(EpochScheduler::new(s, 1000).steps_per_epoch, 16);
+        // Resuming from a record continues where it stopped.
+        let record = LrScheduler::to_record::<Flex>(&sched);
+        let mut resumed = EpochScheduler::new(s, 800).load_record::<Flex>(record);
+        assert_eq!(resumed.step(), s.lr(100));
     }
 
     #[test]
