@@ -2,6 +2,7 @@
 //!
 //! * `cargo xtask train [ARGS..]` — build `vapt` in release mode (default features) and run
 //!   `vapt train ARGS..`.
+//! * `cargo xtask bench [ARGS..]` — build `vapt` in release mode and run `vapt bench ARGS..`.
 //! * `cargo xtask ci` — what CI runs: fmt check, clippy, tests, and a `cuda` feature check.
 //! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
 //!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
@@ -70,6 +71,7 @@ const HELP: &str = "usage: cargo xtask <task> [args]
 
 tasks:
   train [ARGS..]   build vapt (release) and run `vapt train ARGS..`
+  bench [ARGS..]   build vapt (release) and run `vapt bench ARGS..` (add --json for JSON)
   ci               fmt check, clippy -D warnings, tests, cuda feature check
   fashion-mnist [--src DIR] [--out DIR] [--force]
                    rebuild datasets/fashion-mnist-1k from the Debian package dataset-fashion-mnist";
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("train") => vapt("train", &args[1..]),
+        Some("bench") => vapt("bench", &args[1..]),
         Some("ci") => ci(),
         Some("fashion-mnist") => fashion(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
