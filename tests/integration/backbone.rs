@@ -482,6 +482,19 @@ fn unreadable_files_name_the_file() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("garbage.npz"), "{msg}");
+    // Malformed shapes are errors too, never panics.
+    let odd = dir.path().join("odd.safetensors");
+    let mut map = TensorMap::new(&odd);
+    map.insert("patch_embed.weight", RawTensor::new(vec![3], vec![0.0; 3]));
+    map.insert("cls_token", RawTensor::new(vec![5], vec![0.0; 5]));
+    native::write_safetensors(&odd, &map).unwrap();
+    let msg = load_pretrained::<B>(&odd, &LoadOptions::default(), &device())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("odd.safetensors") && msg.contains("`cls_token` has shape [5]"),
+        "{msg}"
+    );
     let missing = dir.path().join("absent.npz");
     let msg = load_pretrained::<B>(&missing, &LoadOptions::default(), &device())
         .unwrap_err()

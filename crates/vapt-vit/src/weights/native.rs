@@ -81,13 +81,18 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
         path: map.source.clone(),
         message,
     };
-    let cls = map
-        .shape("cls_token")
-        .ok_or_else(|| infer_err("key `cls_token` is missing".into()))?;
-    let d = cls[cls.len() - 1];
-    let pd = map
-        .shape("patch_embed.weight")
-        .ok_or_else(|| infer_err("key `patch_embed.weight` is missing".into()))?[0];
+    // The dimension `axis` of `key`, or an error naming what is missing or malformed.
+    let dim = |key: &str, axis: usize| -> Result<usize, LoadError> {
+        let shape = map
+            .shape(key)
+            .ok_or_else(|| infer_err(format!("key `{key}` is missing")))?;
+        shape
+            .get(axis)
+            .copied()
+            .ok_or_else(|| infer_err(format!("`{key}` has shape {shape:?}")))
+    };
+    let d = dim("cls_token", 2)?;
+    let pd = dim("patch_embed.weight", 0)?;
     let p = ((pd / 3) as f64).sqrt().round() as usize;
     if 3 * p * p != pd {
         return Err(infer_err(format!(
@@ -97,9 +102,7 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let depth = (0..)
         .take_while(|i| map.tensors.contains_key(&format!("blocks.{i}.norm1.weight")))
         .count();
-    let m = map
-        .shape("blocks.0.mlp.fc1.weight")
-        .ok_or_else(|| infer_err("key `blocks.0.mlp.fc1.weight` is missing".into()))?[1];
+    let m = dim("blocks.0.mlp.fc1.weight", 1)?;
     let heads = super::default_heads(d).ok_or_else(|| {
         infer_err(format!(
             "no `{META_CONFIG}` metadata and width {d} is not standard"

@@ -72,7 +72,9 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let fc1 = map
         .shape("blocks.0.mlp.fc1.weight")
         .ok_or_else(|| infer_err("key `blocks.0.mlp.fc1.weight` is missing".into()))?;
-    let m = fc1[0];
+    let m = *fc1
+        .first()
+        .ok_or_else(|| infer_err(format!("`blocks.0.mlp.fc1.weight` has shape {fc1:?}")))?;
     let heads = super::default_heads(d).ok_or_else(|| {
         infer_err(format!(
             "width {d} is not a standard ViT width, so the head count is unknown"
