@@ -35,12 +35,6 @@ pub enum Slot<'a, B: Backend> {
     R3(&'a mut Param<Tensor<B, 3>>),
 }
 
-fn raw<B: Backend, const D: usize>(t: Tensor<B, D>) -> RawTensor {
-    let data = t.into_data().convert::<f32>();
-    let shape = data.shape.to_vec();
-    RawTensor::new(shape, data.into_vec::<f32>().unwrap_or_default())
-}
-
 fn replace<B: Backend, const D: usize>(p: &mut Param<Tensor<B, D>>, t: &RawTensor, device: &B::Device) {
     let shape = p.dims();
     let tensor = Tensor::<B, D>::from_data(TensorData::new(t.data.clone(), shape), device);
@@ -52,9 +46,9 @@ impl<B: Backend> Slot<'_, B> {
     /// Current value, flattened into the module's own shape.
     pub fn value(&self) -> RawTensor {
         match self {
-            Slot::R1(p) => raw(p.val()),
-            Slot::R2(p) => raw(p.val()),
-            Slot::R3(p) => raw(p.val()),
+            Slot::R1(p) => RawTensor::from_tensor(p.val()),
+            Slot::R2(p) => RawTensor::from_tensor(p.val()),
+            Slot::R3(p) => RawTensor::from_tensor(p.val()),
         }
     }
 
@@ -158,9 +152,9 @@ pub fn expert_gradients<B: AutodiffBackend>(model: &PromptedVit<B>, grads: &B::G
         let Some(slot) = m.slot(&name) else { continue };
         let numel = slot.numel();
         let g = match slot {
-            Slot::R1(p) => p.val().grad(grads).map(raw),
-            Slot::R2(p) => p.val().grad(grads).map(raw),
-            Slot::R3(p) => p.val().grad(grads).map(raw),
+            Slot::R1(p) => p.val().grad(grads).map(RawTensor::from_tensor),
+            Slot::R2(p) => p.val().grad(grads).map(RawTensor::from_tensor),
+            Slot::R3(p) => p.val().grad(grads).map(RawTensor::from_tensor),
         };
         let g = g.unwrap_or_else(|| RawTensor::new(vec![numel], vec![0.0; numel]));
         out.insert(name, g.reshaped(shape));

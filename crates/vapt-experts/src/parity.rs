@@ -262,10 +262,7 @@ impl ParityReport {
 }
 
 fn flat<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .unwrap_or_default()
+    RawTensor::from_tensor(t).data
 }
 
 /// Runs fixture `dir` on backend `B` and compares every stored tensor.

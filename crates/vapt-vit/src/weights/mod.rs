@@ -44,6 +44,14 @@ impl RawTensor {
         Self { shape, data }
     }
 
+    /// Reads a tensor back from its device as float32 (any float dtype is converted).
+    pub fn from_tensor<B: Backend, const D: usize>(t: burn::tensor::Tensor<B, D>) -> Self {
+        let data = t.into_data().convert::<f32>();
+        let shape = data.shape.to_vec();
+        // `convert::<f32>` guarantees the element type, so reading it back cannot fail.
+        Self::new(shape, data.into_vec::<f32>().unwrap_or_default())
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         self.data.len()

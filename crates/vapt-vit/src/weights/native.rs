@@ -217,11 +217,7 @@ fn param<B: Backend, const D: usize>(t: RawTensor, device: &B::Device) -> Param<
 }
 
 fn raw<B: Backend, const D: usize>(t: &Tensor<B, D>) -> RawTensor {
-    let data = t.to_data().convert::<f32>();
-    let shape = data.shape.to_vec();
-    // `convert::<f32>` guarantees the element type, so this cannot fail.
-    let values = data.into_vec::<f32>().unwrap_or_default();
-    RawTensor::new(shape, values)
+    RawTensor::from_tensor(t.clone())
 }
 
 impl<B: Backend> Vit<B> {
