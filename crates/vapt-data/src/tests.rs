@@ -95,6 +95,19 @@ fn reads_a_fgvc_tree_and_remaps_ids_from_train() {
         "{err}"
     );
     assert!(matches!(crate::fgvc::dataset("cub"), Ok(d) if d.classes == 200));
+    // verify: a FGVC-like folder without the unknown test id; twice (the manifest is not a split).
+    std::fs::write(root.join("test.json"), r#"{"x/d.png": 3}"#).unwrap();
+    let img_root = root.join("images");
+    for f in ["train.json", "val.json", "test.json"] {
+        std::fs::copy(root.join(f), img_root.join(f)).unwrap();
+    }
+    let first = crate::verify::verify(&img_root, None).unwrap();
+    let names: Vec<&str> = first.manifest.splits.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, vec!["test", "train", "val"]);
+    assert!(first.written);
+    let second = crate::verify::verify(&img_root, None).unwrap();
+    assert!(!second.written);
+    assert_eq!(second.manifest.splits.len(), 3);
 }
 
 #[test]

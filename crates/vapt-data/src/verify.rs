@@ -85,12 +85,9 @@ pub fn discover(dir: &Path, num_classes: Option<usize>) -> Result<Vec<Split>, Da
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .map_err(|e| DataError::io(dir, e))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".json"))
-                    .map(str::to_string)
-            })
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| n != MANIFEST)
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
             .collect();
         names.sort();
         return names.iter().map(|n| fgvc.split(n)).collect();
