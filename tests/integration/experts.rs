@@ -90,14 +90,17 @@ fn adaptive_prompts_start_at_exactly_zero_yet_get_gradients() {
     let g = expert_gradients(&model, &grads);
     for k in 0..3 {
         let tp = &g.tensors[&format!("vapt.{k}.token_proj.weight")];
-        assert!(
-            tp.data.iter().any(|&e| e != 0.0),
-            "vapt.{k}.token_proj.weight has a zero gradient"
-        );
+        let max_w = tp.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max_w > 0.0, "vapt.{k}.token_proj.weight has a zero gradient");
+        // The bias adds the same value to every channel of a prompt. At initialisation the
+        // projector MLP sees U = 0 (relu'(0) = 0), so the bias reaches the loss only through the
+        // block's LayerNorm, which is blind to a per-token constant: its gradient is zero up to
+        // rounding. (This test used to assert it non-zero and passed on rounding noise.)
         let tb = &g.tensors[&format!("vapt.{k}.token_proj.bias")];
+        let max_b = tb.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(
-            tb.data.iter().any(|&e| e != 0.0),
-            "vapt.{k}.token_proj.bias has a zero gradient"
+            max_b <= 1e-4 * max_w,
+            "vapt.{k}.token_proj.bias gradient {max_b:e} vs weight {max_w:e}"
         );
     }
 }
