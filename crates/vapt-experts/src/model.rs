@@ -386,10 +386,10 @@ impl<B: Backend> PromptedVit<B> {
             None => x,
         };
         let keep_gen = trace.as_ref().is_some_and(|t| t.intermediates);
+        let static_rows = cfg.num_deep_static(self.backbone.blocks.len());
         for (i, block) in self.backbone.blocks.iter().enumerate() {
             if i > 0 {
                 if let Some(prompts) = &self.prompts {
-                    let static_rows = cfg.num_deep_static(self.backbone.blocks.len());
                     if i - 1 < static_rows {
                         if let Some(p) = prompts.deep(i - 1, b) {
                             x = replace(x, p);

@@ -417,8 +417,7 @@ pub fn to_native(
 fn file_grid(map: &TensorMap, layout: Layout) -> Result<usize, LoadError> {
     let key = match layout {
         Layout::Google => google::POS_EMBED,
-        Layout::Timm => "pos_embed",
-        Layout::Native => "pos_embed",
+        Layout::Timm | Layout::Native => "pos_embed",
     };
     let shape = map.shape(key).ok_or_else(|| LoadError::Infer {
         path: map.source.clone(),
