@@ -2,3 +2,4 @@
 
 mod backbone;
 mod experts;
+mod train;

@@ -77,3 +77,39 @@ pub fn tolerance_fraction(ours: &[f32], expected: &[f64], atol: f64, rtol: f64) 
         .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
     max_err / (atol + rtol * max_exp)
 }
+
+/// Writes a small two-class VTAB-format task `patch_camelyon` under `root` (16×16 PNGs: class 0
+/// horizontal stripes, class 1 vertical stripes, each image with its own phase and noise):
+/// `per_class` images per class in train800, val200 and test, and train800val200 = both.
+/// Returns the task folder.
+pub fn write_tiny_vtab(root: &std::path::Path, per_class: usize) -> PathBuf {
+    let dir = root.join("patch_camelyon");
+    std::fs::create_dir_all(dir.join("images")).expect("create task folder");
+    let mut lists: BTreeMap<&str, String> = BTreeMap::new();
+    let mut n = 0u32;
+    for split in ["train800", "val200", "test"] {
+        for label in 0..2u32 {
+            for _ in 0..per_class {
+                n += 1;
+                let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                    let t = if label == 0 { y } else { x };
+                    let stripe = ((t + n) / 2).is_multiple_of(2);
+                    let noise = (x * 7 + y * 13 + n * 31) % 40;
+                    let v = if stripe { 200 - noise } else { 40 + noise } as u8;
+                    image::Rgb([v, v / 2 + 20, 255 - v])
+                });
+                let rel = format!("images/{split}_{n}.png");
+                img.save(dir.join(&rel)).expect("write png");
+                let line = format!("{rel} {label}\n");
+                lists.entry(split).or_default().push_str(&line);
+                if split != "test" {
+                    lists.entry("train800val200").or_default().push_str(&line);
+                }
+            }
+        }
+    }
+    for (split, text) in lists {
+        std::fs::write(dir.join(format!("{split}.txt")), text).expect("write list");
+    }
+    dir
+}

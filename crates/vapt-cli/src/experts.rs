@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use vapt_experts::parity::run_parity;
-use vapt_experts::{Activation, Method, ParamReport, PromptConfig, VaptConfig};
+use vapt_experts::{Activation, Method, ParamReport, PromptConfig};
 use vapt_vit::VitConfig;
 
 use crate::device::Job;
@@ -20,29 +20,31 @@ fn parse_activation(s: &str) -> Result<Activation, String> {
     s.parse().map_err(|e: vapt_experts::ConfigError| e.to_string())
 }
 
-/// Method and prompt-expert knobs (defaults: vapt's, i.e. the official code's with the README
-/// recipe's 10 prompts and prompt dropout 0.1).
-#[derive(Args, Debug, Clone)]
+/// Method and prompt-expert knobs. Unset flags keep the value of `--config` (for `train` /
+/// `sweep`) or vapt's defaults, which are the official code's with the README recipe's 10 prompts
+/// and prompt dropout 0.1.
+#[derive(Args, Debug, Clone, Default)]
 pub struct ExpertArgs {
-    /// What trains: `linear` (head only), `full` (everything), `vpt-shallow`, `vpt-deep` or `vapt`.
-    #[arg(long, default_value = "vapt", value_parser = parse_method)]
-    pub method: Method,
-    /// Prompt tokens per block (Np).
-    #[arg(long = "prompts", default_value_t = 10)]
-    pub num_prompts: usize,
-    /// Dropout on static prompts during training.
-    #[arg(long, default_value_t = 0.1)]
-    pub prompt_dropout: f64,
+    /// What trains: `linear` (head only), `full` (everything), `vpt-shallow`, `vpt-deep` or `vapt`
+    /// [default: vapt].
+    #[arg(long, value_parser = parse_method)]
+    pub method: Option<Method>,
+    /// Prompt tokens per block (Np) [default: 10].
+    #[arg(long = "prompts")]
+    pub num_prompts: Option<usize>,
+    /// Dropout on static prompts during training [default: 0.1].
+    #[arg(long)]
+    pub prompt_dropout: Option<f64>,
     /// VAPT: leading blocks with static prompts (block 0 always; blocks 1..N-1 get deep static
-    /// prompts; the rest adaptive ones).
-    #[arg(long, default_value_t = 1)]
-    pub vpt_depth: usize,
-    /// VAPT: side K of the channel-wise conv kernel.
-    #[arg(long, default_value_t = 2)]
-    pub kernel: usize,
-    /// VAPT: zero padding of the conv on every side.
-    #[arg(long, default_value_t = 0)]
-    pub padding: usize,
+    /// prompts; the rest adaptive ones) [default: 1].
+    #[arg(long)]
+    pub vpt_depth: Option<usize>,
+    /// VAPT: side K of the channel-wise conv kernel [default: 2].
+    #[arg(long)]
+    pub kernel: Option<usize>,
+    /// VAPT: zero padding of the conv on every side [default: 0].
+    #[arg(long)]
+    pub padding: Option<usize>,
     /// VAPT: one K×K kernel per channel instead of ONE kernel shared by all channels (the
     /// official `CHANNELWISE = False`).
     #[arg(long)]
@@ -50,12 +52,13 @@ pub struct ExpertArgs {
     /// VAPT: skip the conv; the token-wise projector acts on the N patch tokens directly.
     #[arg(long)]
     pub no_conv: bool,
-    /// VAPT: hidden width r of the feature projector.
-    #[arg(long, default_value_t = 8)]
-    pub hidden_dim: usize,
-    /// VAPT: projector activation: relu, gelu, sigmoid, attention (softmax) or identity.
-    #[arg(long, default_value = "relu", value_parser = parse_activation)]
-    pub activation: Activation,
+    /// VAPT: hidden width r of the feature projector [default: 8].
+    #[arg(long)]
+    pub hidden_dim: Option<usize>,
+    /// VAPT: projector activation: relu, gelu, sigmoid, attention (softmax) or identity
+    /// [default: relu].
+    #[arg(long, value_parser = parse_activation)]
+    pub activation: Option<Activation>,
     /// VAPT: no feature projector (prompts = token-projector output).
     #[arg(long)]
     pub no_feat_projector: bool,
@@ -65,34 +68,67 @@ pub struct ExpertArgs {
     /// VAPT: a trainable scale (init 1) on the projector's MLP branch.
     #[arg(long)]
     pub learnable_scale: bool,
-    /// VAPT: dropout after the projector activation during training.
-    #[arg(long, default_value_t = 0.1)]
-    pub dropout_mlp: f64,
+    /// VAPT: dropout after the projector activation during training [default: 0.1].
+    #[arg(long)]
+    pub dropout_mlp: Option<f64>,
 }
 
 impl ExpertArgs {
-    /// The prompt configuration for `num_classes` classes.
-    pub fn config(&self, num_classes: usize) -> PromptConfig {
-        PromptConfig {
-            method: self.method,
-            num_prompts: self.num_prompts,
-            prompt_dropout: self.prompt_dropout,
-            num_classes,
-            vapt: VaptConfig {
-                vpt_depth: self.vpt_depth,
-                conv: !self.no_conv,
-                kernel: self.kernel,
-                padding: self.padding,
-                channelwise: !self.per_channel_kernel,
-                hidden_dim: self.hidden_dim,
-                activation: self.activation,
-                feat_projector: !self.no_feat_projector,
-                share_projector: !self.unshared_projector,
-                learnable_scale: self.learnable_scale,
-                dropout_mlp: self.dropout_mlp,
-                ..VaptConfig::default()
-            },
+    /// Applies the flags that were given to `cfg`.
+    pub fn apply(&self, cfg: &mut PromptConfig) {
+        let v = &mut cfg.vapt;
+        if let Some(m) = self.method {
+            cfg.method = m;
         }
+        if let Some(n) = self.num_prompts {
+            cfg.num_prompts = n;
+        }
+        if let Some(p) = self.prompt_dropout {
+            cfg.prompt_dropout = p;
+        }
+        if let Some(d) = self.vpt_depth {
+            v.vpt_depth = d;
+        }
+        if let Some(k) = self.kernel {
+            v.kernel = k;
+        }
+        if let Some(p) = self.padding {
+            v.padding = p;
+        }
+        if self.per_channel_kernel {
+            v.channelwise = false;
+        }
+        if self.no_conv {
+            v.conv = false;
+        }
+        if let Some(r) = self.hidden_dim {
+            v.hidden_dim = r;
+        }
+        if let Some(a) = self.activation {
+            v.activation = a;
+        }
+        if self.no_feat_projector {
+            v.feat_projector = false;
+        }
+        if self.unshared_projector {
+            v.share_projector = false;
+        }
+        if self.learnable_scale {
+            v.learnable_scale = true;
+        }
+        if let Some(p) = self.dropout_mlp {
+            v.dropout_mlp = p;
+        }
+    }
+
+    /// The prompt configuration for `num_classes` classes (vapt's defaults + the given flags).
+    pub fn config(&self, num_classes: usize) -> PromptConfig {
+        let mut cfg = PromptConfig {
+            num_classes,
+            ..PromptConfig::default()
+        };
+        self.apply(&mut cfg);
+        cfg
     }
 }
 

@@ -1,9 +1,11 @@
 //! `vapt` — prompt-expert tuning (VPT, VAPT) of frozen Vision Transformers.
 
+mod analyze;
 mod bench;
 mod data;
 mod device;
 mod experts;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,13 @@ use device::{dispatch, DeviceSpec, Job};
 /// safetensors. Devices: `cpu` (always built), `wgpu` (default feature), `cuda` (feature `cuda`).
 ///
 /// Examples:
+///   vapt train --weights imagenet21k_ViT-B_16.npz --data-root vtab-1k --task dtd --lr 10 --wd 0.001
+///   vapt train --config run.toml --device cuda --out runs/dtd-vapt
+///   vapt sweep --weights imagenet21k_ViT-B_16.npz --data-root vtab-1k --task dtd --device cuda
+///   vapt report sweeps --csv vtab.csv
+///   vapt eval runs/dtd-vapt --split test
+///   vapt predict runs/dtd-vapt photo.jpg
+///   vapt analyze runs/dtd-vapt --png moe.png
 ///   vapt inspect imagenet21k_ViT-B_16.npz
 ///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
@@ -48,6 +57,26 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train prompt experts on a task (the paper's protocol for one lr/wd/seed) into a run
+    /// folder: config.json, metrics.jsonl/csv, per-epoch checkpoints, result.json and the
+    /// prompt-only artifact prompts.safetensors. Resumable (--resume); a NaN/inf loss stops the
+    /// run and is recorded. Example: vapt train --weights ViT-B_16.npz --data-root vtab-1k
+    /// --task dtd --lr 10 --wd 0.001
+    Train(train::TrainArgs),
+    /// Score a finished run (or a prompts artifact + --weights) on a split.
+    Eval(train::EvalArgs),
+    /// Classify images with a finished run or a prompts artifact: top classes and probabilities.
+    Predict(train::PredictArgs),
+    /// The VTAB/FGVC protocol for one task: lr × wd grid on train800 → val200, then 5 seeds on
+    /// train800val200 → test, mean ± std. Resumable; `--point N` runs one point (job arrays);
+    /// `vapt sweep report DIR` aggregates.
+    Sweep(train::SweepArgs),
+    /// The paper-layout table (tasks, group means, VTAB mean, tuned %) over finished sweeps, in
+    /// Markdown, and CSV with --csv.
+    Report(train::ReportArgs),
+    /// The mixture-of-experts view of a trained model: attention gate mass on the prompt experts
+    /// per block and head, as a table and a PNG heatmap.
+    Analyze(train::AnalyzeArgs),
     /// Load a weights file, print its layout, architecture, parameter count and SHA-256, and run
     /// one forward pass on the chosen device as a smoke test.
     Inspect(InspectArgs),
@@ -224,6 +253,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
         Command::Params(args) => experts::params(&args)?,
+        Command::Train(args) => dispatch(cli.device, train::TrainJob(args, cli.device))?,
+        Command::Eval(args) => dispatch(cli.device, train::EvalJob(args))?,
+        Command::Predict(args) => dispatch(cli.device, train::PredictJob(args))?,
+        Command::Sweep(args) => match args.action {
+            Some(train::SweepAction::Report { dir }) => train::sweep_report(&dir)?,
+            None => dispatch(cli.device, train::SweepJob(args, cli.device))?,
+        },
+        Command::Report(args) => train::report(&args)?,
+        Command::Analyze(args) => dispatch(cli.device, train::AnalyzeJob(args))?,
         Command::Data(cmd) => data::run(cmd)?,
         Command::Bench(args) => dispatch(cli.device, bench::Bench(args, cli.device))?,
         Command::Parity(args) => {
@@ -251,8 +289,37 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        if cmd.get_about().is_none() && !path.is_empty() {
+            missing.push(format!("{path}: no description"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} --{id}: no help"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            check(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
+    fn every_subcommand_and_flag_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        check(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+        for c in [
+            "train", "eval", "predict", "sweep", "report", "params", "parity", "analyze", "data", "bench",
+            "convert",
+        ] {
+            assert!(names.contains(&c), "missing subcommand {c}");
+        }
     }
 }

@@ -261,3 +261,185 @@ fn bench_prints_valid_json_with_timings() {
         assert_eq!(v["train_runs_s"].as_array().unwrap().len(), 2);
     }
 }
+
+fn tiny_train_args(root: &std::path::Path) -> Vec<String> {
+    [
+        "train",
+        "--plain",
+        "--data-root",
+        root.to_str().unwrap(),
+        "--task",
+        "patch_camelyon",
+        "--variant",
+        "D32-L2-H2-M64-P4",
+        "--image-size",
+        "16",
+        "--prompts",
+        "4",
+        "--hidden-dim",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run_ok(args: &[String]) -> String {
+    let out = vapt().args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "vapt {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["seconds"] = serde_json::Value::Null;
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn train_writes_a_complete_run_folder_and_the_loss_falls() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 8);
+    let out = tmp.path().join("run");
+    let mut args = tiny_train_args(tmp.path());
+    args.extend(["--epochs", "2", "--warmup", "0", "--out", out.to_str().unwrap()].map(String::from));
+    let stdout = run_ok(&args);
+    assert!(stdout.contains("patch_camelyon top-1"), "{stdout}");
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "result.json",
+        "prompts.safetensors",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        !out.join("checkpoint").exists(),
+        "checkpoints are removed once the run is done"
+    );
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 2);
+    let loss = |i: usize| rows[i]["train_loss"].as_f64().unwrap();
+    assert!(loss(1) < loss(0), "training loss did not fall: {rows:?}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "ok");
+    assert_eq!(result["epochs"], 2);
+    assert_eq!(result["seed"], 42);
+    assert_eq!(result["device"], "cpu");
+    let top1 = result["eval_top1"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&top1));
+    assert_eq!(rows[1]["eval_top1"].as_f64(), Some(top1));
+    assert!(result["trainable_params"].as_u64().unwrap() < result["total_params"].as_u64().unwrap());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["optim"]["epochs"], 2);
+    assert_eq!(config["experts"]["num_prompts"], 4);
+
+    // The artifact scores the same with `vapt eval` (random backbone of the artifact's shape is
+    // not the run's, so evaluate the run folder, which names its backbone).
+    let eval = run_ok(&["eval".into(), out.to_str().unwrap().into(), "--json".into()]);
+    let e: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    assert_eq!(e["top1"].as_f64(), Some(top1), "{eval}");
+
+    // A finished run is never overwritten.
+    let again = vapt().args(&args).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+}
+
+#[test]
+fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 6);
+    let base = tiny_train_args(tmp.path());
+    let with = |out: &std::path::Path, extra: &[&str]| {
+        let mut a = base.clone();
+        a.extend(["--epochs", "3", "--warmup", "1", "--out", out.to_str().unwrap()].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let whole = tmp.path().join("whole");
+    run_ok(&with(&whole, &[]));
+    let split = tmp.path().join("split");
+    let first = run_ok(&with(&split, &["--stop-after", "1"]));
+    assert!(first.contains("stopped after 1 epochs"), "{first}");
+    assert!(!split.join("result.json").exists());
+    assert_eq!(metrics(&split).len(), 1);
+    let refused = vapt().args(with(&split, &[])).output().unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    run_ok(&with(&split, &["--resume"]));
+    assert_eq!(metrics(&whole), metrics(&split), "metrics differ after resume");
+    let a = vapt_tests::read_safetensors(&whole.join("prompts.safetensors"));
+    let b = vapt_tests::read_safetensors(&split.join("prompts.safetensors"));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        assert!(t.values == b[k].values, "{k} differs after resume");
+    }
+    assert!(
+        std::fs::read(whole.join("prompts.safetensors")).unwrap()
+            == std::fs::read(split.join("prompts.safetensors")).unwrap(),
+        "artifact bytes differ (the writer must be deterministic)"
+    );
+}
+
+#[test]
+fn sweep_then_sweep_again_skips_every_point_and_the_report_names_the_choice() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 4);
+    let out = tmp.path().join("sweep");
+    let mut args = tiny_train_args(tmp.path());
+    args[0] = "sweep".into();
+    let lr = args.iter().position(|a| a == "--lr").unwrap();
+    args.drain(lr..lr + 2);
+    args.extend(
+        [
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--grid",
+            "4,0.5:0.001,0",
+            "--seeds",
+            "42",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let first = run_ok(&args);
+    assert_eq!(first.matches(": Trained").count(), 5, "{first}");
+    let second = run_ok(&args);
+    assert_eq!(second.matches(": Skipped").count(), 5, "{second}");
+    let report = run_ok(&["sweep".into(), "report".into(), out.to_str().unwrap().into()]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (lr, wd) = (
+        summary["chosen"][0].as_f64().unwrap(),
+        summary["chosen"][1].as_f64().unwrap(),
+    );
+    assert!(report.contains(&format!("chosen: lr {lr}, wd {wd}")), "{report}");
+    let table = run_ok(&["report".into(), tmp.path().to_str().unwrap().into()]);
+    assert!(
+        table.contains("| vapt |") && table.contains("patch_camelyon"),
+        "{table}"
+    );
+}

@@ -15,7 +15,6 @@
 //! | `norm.{weight,bias}` | (D) |
 //! | `head.weight`, `head.bias` (only with a head) | (D, C), (C) |
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use burn::module::Param;
@@ -174,42 +173,61 @@ fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
     Ok(v)
 }
 
-/// Writes `map` (float32) with its metadata as safetensors. The write is atomic: a temporary
-/// file in the same directory is renamed over `path`.
+/// Writes `map` (float32) with its metadata as safetensors. The bytes depend only on the
+/// content (tensors in name order, metadata sorted), so equal models give identical files. The
+/// write is atomic: a temporary file in the same directory is renamed over `path`.
 pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), LoadError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = map
-        .tensors
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                t.shape.clone(),
-            )
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| LoadError::Format {
-                    path: path.to_path_buf(),
-                    message: format!("cannot serialise `{k}`: {e}"),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let metadata: Option<HashMap<String, String>> = (!map.metadata.is_empty())
-        .then(|| map.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+    let mut header = serde_json::Map::new();
+    if !map.metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = map
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
+    let mut offset = 0usize;
+    for (k, t) in &map.tensors {
+        if t.data.len() != t.shape.iter().product::<usize>() {
+            return Err(LoadError::Format {
+                path: path.to_path_buf(),
+                message: format!(
+                    "cannot serialise `{k}`: {} values for shape {:?}",
+                    t.data.len(),
+                    t.shape
+                ),
+            });
+        }
+        let end = offset + 4 * t.data.len();
+        header.insert(
+            k.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json =
+        serde_json::to_string(&serde_json::Value::Object(header)).map_err(|e| LoadError::Format {
+            path: path.to_path_buf(),
+            message: format!("cannot write safetensors header: {e}"),
+        })?;
+    while json.len() % 8 != 0 {
+        json.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + json.len() + offset);
+    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(json.as_bytes());
+    for t in map.tensors.values() {
+        for v in &t.data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, &metadata, &tmp).map_err(|e| LoadError::Format {
-        path: path.to_path_buf(),
-        message: format!("cannot write safetensors: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| LoadError::Io {
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn param<B: Backend, const D: usize>(t: RawTensor, device: &B::Device) -> Param<Tensor<B, D>> {

@@ -1,0 +1,216 @@
+//! The paper-layout table over tasks: one row per method, one column per task (VTAB order, then
+//! FGVC and others), the Natural / Specialized / Structured group means, the VTAB mean over the
+//! tasks present, and the tuned % of parameters. Markdown and CSV.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use vapt_data::vtab::{Group, TASKS};
+
+use crate::error::TrainError;
+use crate::sweep::{Summary, SUMMARY_FILE};
+
+/// Finds every `summary.json` at or below `root` (at most 4 folders deep).
+pub fn find_summaries(root: &Path) -> Result<Vec<(PathBuf, Summary)>, TrainError> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let file = dir.join(SUMMARY_FILE);
+        if file.is_file() {
+            out.push(file);
+            return;
+        }
+        if depth == 0 {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            walk(&d, depth - 1, out);
+        }
+    }
+    if !root.is_dir() {
+        return Err(TrainError::io(
+            root,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
+        ));
+    }
+    let mut files = Vec::new();
+    walk(root, 4, &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).map_err(|e| TrainError::io(&f, e))?;
+            let s: Summary = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+                path: f.clone(),
+                message: format!("not a vapt sweep summary: {e}"),
+            })?;
+            Ok((f, s))
+        })
+        .collect()
+}
+
+/// One method's row: task → (mean, std), and the tuned % of parameters.
+pub type Row = (BTreeMap<String, (f64, f64)>, Option<f64>);
+
+/// The table: methods × tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// Task columns, in VTAB order then alphabetical.
+    pub tasks: Vec<String>,
+    /// Per method: task → (mean, std), and the tuned % of parameters.
+    pub rows: BTreeMap<String, Row>,
+}
+
+fn order(task: &str) -> (usize, String) {
+    let i = TASKS.iter().position(|t| t.name == task).unwrap_or(TASKS.len());
+    (i, task.to_string())
+}
+
+fn group_of(task: &str) -> Option<Group> {
+    TASKS.iter().find(|t| t.name == task).map(|t| t.group)
+}
+
+impl Table {
+    /// Builds the table from finished sweeps (pending ones are left out).
+    pub fn new(summaries: &[Summary]) -> Self {
+        let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for s in summaries {
+            let (Some(m), Some(sd)) = (s.mean, s.std) else {
+                continue;
+            };
+            let row = rows.entry(s.method.clone()).or_default();
+            row.0.insert(s.task.clone(), (m, sd));
+            if let (Some(t), Some(total)) = (s.trainable_params, s.total_params) {
+                let backbone = total.saturating_sub(t).max(1);
+                row.1 = Some(100.0 * t as f64 / backbone as f64);
+            }
+            if !tasks.contains(&s.task) {
+                tasks.push(s.task.clone());
+            }
+        }
+        tasks.sort_by_key(|t| order(t));
+        Self { tasks, rows }
+    }
+
+    fn group_means(&self, cells: &BTreeMap<String, (f64, f64)>) -> Vec<(String, Option<f64>)> {
+        let mean = |g: Option<Group>| {
+            let v: Vec<f64> = cells
+                .iter()
+                .filter(|(t, _)| match g {
+                    Some(g) => group_of(t) == Some(g),
+                    None => matches!(
+                        group_of(t),
+                        Some(Group::Natural | Group::Specialized | Group::Structured)
+                    ),
+                })
+                .map(|(_, (m, _))| *m)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        vec![
+            ("Natural".into(), mean(Some(Group::Natural))),
+            ("Specialized".into(), mean(Some(Group::Specialized))),
+            ("Structured".into(), mean(Some(Group::Structured))),
+            ("VTAB mean".into(), mean(None)),
+        ]
+    }
+
+    /// Markdown, cells `mean ± std`.
+    pub fn markdown(&self) -> String {
+        let mut out = String::from("| Method | Tuned % |");
+        for t in &self.tasks {
+            out.push_str(&format!(" {t} |"));
+        }
+        out.push_str(" Natural | Specialized | Structured | VTAB mean |\n|---|---|");
+        out.push_str(&"---|".repeat(self.tasks.len() + 4));
+        out.push('\n');
+        for (method, (cells, pct)) in &self.rows {
+            out.push_str(&format!(
+                "| {method} | {} |",
+                pct.map(|p| format!("{p:.2}")).unwrap_or_else(|| "—".into())
+            ));
+            for t in &self.tasks {
+                match cells.get(t) {
+                    Some((m, s)) => out.push_str(&format!(" {m:.2} ± {s:.2} |")),
+                    None => out.push_str(" — |"),
+                }
+            }
+            for (_, v) in self.group_means(cells) {
+                out.push_str(&format!(
+                    " {} |",
+                    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+                ));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// CSV: one line per method, `<task>_mean,<task>_std` pairs, then the group means.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("method,tuned_percent");
+        for t in &self.tasks {
+            out.push_str(&format!(",{t}_mean,{t}_std"));
+        }
+        out.push_str(",natural,specialized,structured,vtab_mean\n");
+        for (method, (cells, pct)) in &self.rows {
+            out.push_str(&format!(
+                "{method},{}",
+                pct.map(|p| p.to_string()).unwrap_or_default()
+            ));
+            for t in &self.tasks {
+                match cells.get(t) {
+                    Some((m, s)) => out.push_str(&format!(",{m},{s}")),
+                    None => out.push_str(",,"),
+                }
+            }
+            for (_, v) in self.group_means(cells) {
+                out.push_str(&format!(",{}", v.map(|v| v.to_string()).unwrap_or_default()));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(task: &str, method: &str, mean: f64) -> Summary {
+        Summary {
+            task: task.into(),
+            method: method.into(),
+            grid: vec![],
+            chosen: Some((1.0, 0.0)),
+            seeds: vec![42],
+            finals: vec![Some(mean)],
+            mean: Some(mean),
+            std: Some(0.5),
+            trainable_params: Some(10),
+            total_params: Some(1010),
+        }
+    }
+
+    #[test]
+    fn group_means_follow_the_vtab_groups() {
+        let t = Table::new(&[
+            s("dtd", "vapt", 60.0),
+            s("cifar", "vapt", 80.0),
+            s("eurosat", "vapt", 90.0),
+            s("kitti", "vapt", 70.0),
+        ]);
+        assert_eq!(t.tasks, ["cifar", "dtd", "eurosat", "kitti"], "VTAB order");
+        let md = t.markdown();
+        // Natural (80+60)/2 = 70, Specialized 90, Structured 70, mean of 4 tasks = 75.
+        assert!(md.contains("| vapt | 1.00 | 80.00 ± 0.50 | 60.00 ± 0.50 | 90.00 ± 0.50 | 70.00 ± 0.50 | 70.00 | 90.00 | 70.00 | 75.00 |"), "{md}");
+        assert!(t.csv().starts_with("method,tuned_percent,cifar_mean,cifar_std"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Divergence and sweeps on a tiny ViT and a tiny VTAB-format task (CPU). Bit-exact resume is
+//! tested through the CLI (`crates/vapt-cli/tests/cli.rs`): Burn's RNG is process-global, and
+//! tests in this binary run in parallel threads.
+
+use std::path::Path;
+
+use burn::backend::{Autodiff, Flex};
+use vapt_train::monitor::Quiet;
+use vapt_train::run::read_result;
+use vapt_train::sweep::{self, PointOutcome, SweepSpec};
+use vapt_train::{train, RunOptions, RunStatus, TrainConfig, TrainError};
+
+type A = Autodiff<Flex>;
+
+fn tiny_config(root: &Path) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    c.data.root = root.to_path_buf();
+    c.data.task = "patch_camelyon".into();
+    c.backbone.variant = "D32-L2-H2-M64-P4".into();
+    c.backbone.image_size = Some(16);
+    c.experts.num_prompts = 4;
+    c.experts.vapt.hidden_dim = 4;
+    c.optim.epochs = 3;
+    c.optim.warmup = 1;
+    c.optim.batch_size = 8;
+    c.optim.lr = 4.0;
+    c.optim.wd = 0.001;
+    c
+}
+
+fn opts(out: &Path, resume: bool, stop_after: Option<usize>) -> RunOptions {
+    RunOptions {
+        out: out.to_path_buf(),
+        resume,
+        stop_after,
+        device_label: "cpu".into(),
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_is_recorded_as_diverged() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 4);
+    let mut cfg = tiny_config(tmp.path());
+    cfg.optim.lr = 1e30;
+    cfg.optim.warmup = 0;
+    let out = tmp.path().join("run");
+    let err = train::<A>(&cfg, &opts(&out, false, None), &Default::default(), &mut Quiet).unwrap_err();
+    let TrainError::Diverged { epoch, .. } = err else {
+        panic!("expected divergence, got {err}")
+    };
+    assert!(epoch < 3);
+    let r = read_result(&out).unwrap().expect("result.json written");
+    assert_eq!(r.status, RunStatus::Diverged);
+    assert_eq!(r.eval_top1, 0.0, "a diverged run scores 0");
+    assert!(r.failure.unwrap().contains("loss"));
+}
+
+#[test]
+fn a_two_by_two_sweep_completes_then_skips_every_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 4);
+    let mut base = tiny_config(tmp.path());
+    base.optim.epochs = 2;
+    let mut spec = SweepSpec::paper(base);
+    spec.lrs = vec![4.0, 0.0];
+    spec.wds = vec![0.001, 0.0];
+    spec.seeds = vec![42];
+    let out = tmp.path().join("sweep");
+    let device = Default::default();
+    let mut outcomes = Vec::new();
+    let summary = sweep::run_all::<A>(
+        &spec,
+        &out,
+        &device,
+        "cpu",
+        &mut || Box::new(Quiet),
+        &mut |i, _, o| outcomes.push((i, o.clone())),
+    )
+    .unwrap();
+    assert_eq!(outcomes.len(), 5, "4 grid points + 1 seed");
+    assert!(
+        outcomes.iter().all(|(_, o)| *o == PointOutcome::Trained),
+        "{outcomes:?}"
+    );
+    let (lr, wd) = summary.chosen.expect("a chosen cell");
+    // lr 0 never moves the head from its init; the chosen cell is the one with the best val top-1.
+    let best = summary
+        .grid
+        .iter()
+        .map(|c| c.val_top1.unwrap())
+        .fold(f64::MIN, f64::max);
+    let chosen = summary.grid.iter().find(|c| (c.lr, c.wd) == (lr, wd)).unwrap();
+    assert_eq!(chosen.val_top1, Some(best));
+    assert!(summary.mean.is_some() && summary.std == Some(0.0));
+    let final_cfg: TrainConfig = serde_json::from_str(
+        &std::fs::read_to_string(sweep::final_dir(&out, 42).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((final_cfg.optim.lr, final_cfg.optim.wd), (lr, wd));
+    assert_eq!(final_cfg.data.train_split, "train800val200");
+
+    let mut again = Vec::new();
+    sweep::run_all::<A>(
+        &spec,
+        &out,
+        &device,
+        "cpu",
+        &mut || Box::new(Quiet),
+        &mut |i, _, o| again.push((i, o.clone())),
+    )
+    .unwrap();
+    assert_eq!(again.len(), 5);
+    assert!(
+        again.iter().all(|(_, o)| *o == PointOutcome::Skipped),
+        "{again:?}"
+    );
+    let md = sweep::markdown(&spec, &summary);
+    assert!(md.contains(&format!("chosen: lr {lr}, wd {wd}")), "{md}");
+}
