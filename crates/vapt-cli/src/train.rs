@@ -410,7 +410,7 @@ pub struct SweepArgs {
     /// Final-run seeds, comma-separated [default: 42,44,82,100,800].
     #[arg(long, value_delimiter = ',')]
     pub seeds: Option<Vec<u64>>,
-    /// Coordinate mode: wd at lr 5 first, then lr at the best wd (14 cells instead of 40).
+    /// Coordinate mode: wd at lr 5 first, then lr at the best wd (13 cells instead of 40).
     #[arg(long)]
     pub fast: bool,
     /// Run only point N (grid cells first, then final seeds; see --list), e.g. as a job-array

@@ -42,6 +42,24 @@ fn vtab_folder() -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+fn open_named_reads_standard_and_custom_split_lists() {
+    let (root, task) = vtab_folder();
+    let mnist = root.path().join("mnist");
+    std::fs::rename(&task, &mnist).unwrap();
+    assert_eq!(vtab::open_named(root.path(), "mnist", "val200").unwrap().len(), 3);
+    std::fs::copy(mnist.join("train800.txt"), mnist.join("train.txt")).unwrap();
+    let train = vtab::open_named(root.path(), "mnist", "train").unwrap();
+    assert_eq!(
+        (train.name.as_str(), train.len(), train.num_classes),
+        ("train", 6, 10)
+    );
+    let err = vtab::open_named(root.path(), "mnist", "holdout")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holdout.txt"), "{err}");
+}
+
+#[test]
 fn reads_a_vtab_folder() {
     let (_root, task) = vtab_folder();
     let train = vtab::open_dir(&task, 3, VtabSplit::Train800).unwrap();

@@ -43,7 +43,7 @@ const fn t(name: &'static str, classes: usize, group: Group) -> TaskInfo {
 
 /// The 19 VTAB-1k tasks (folder names and class counts of `tune_vtab.py`; KITTI has 4 classes),
 /// plus vapt's embedded `fashion-mnist-1k`.
-pub const TASKS: [TaskInfo; 20] = [
+pub const TASKS: [TaskInfo; 21] = [
     t("cifar", 100, Group::Natural),
     t("caltech101", 102, Group::Natural),
     t("dtd", 47, Group::Natural),
@@ -64,6 +64,7 @@ pub const TASKS: [TaskInfo; 20] = [
     t("smallnorb_azi", 18, Group::Structured),
     t("smallnorb_ele", 9, Group::Structured),
     t("fashion-mnist-1k", 10, Group::Extra),
+    t("mnist", 10, Group::Extra),
 ];
 
 /// Looks a task up by folder name.
@@ -159,6 +160,31 @@ pub fn read_list(list: &Path, task_dir: &Path, classes: usize) -> Result<Vec<Sam
 pub fn open(root: &Path, name: &str, split: VtabSplit) -> Result<Split, DataError> {
     let info = task(name)?;
     open_dir(&root.join(name), info.classes, split)
+}
+
+/// Opens split `split` of task `name`: one of the four VTAB-1k lists, or any other
+/// `<root>/<name>/<split>.txt` in the same format (e.g. `train`, `val` of a larger task).
+pub fn open_named(root: &Path, name: &str, split: &str) -> Result<Split, DataError> {
+    let info = task(name)?;
+    let dir = root.join(name);
+    if let Some(s) = VtabSplit::ALL.into_iter().find(|s| s.name() == split) {
+        return open_dir(&dir, info.classes, s);
+    }
+    let list = dir.join(format!("{split}.txt"));
+    if !list.is_file() {
+        return Err(DataError::MissingSplit {
+            path: list,
+            hint: String::new(),
+        });
+    }
+    let samples = read_list(&list, &dir, info.classes)?;
+    Ok(Split {
+        name: split.to_string(),
+        source: list,
+        samples,
+        num_classes: info.classes,
+        class_names: Vec::new(),
+    })
 }
 
 /// Opens a split of any folder in the VTAB format with `classes` classes (e.g. a user's task).

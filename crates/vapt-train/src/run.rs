@@ -21,9 +21,9 @@ use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use vapt_data::fgvc::{self, Fgvc};
 use vapt_data::transform::SplitMix64;
-use vapt_data::vtab::{self, VtabSplit};
+use vapt_data::vtab;
 use vapt_data::{images::make_batch, ImageItem, ImageSet, Split, Transform};
-use vapt_experts::{cross_entropy, save_artifact, PromptedVit};
+use vapt_experts::{cross_entropy, save_artifact, Method, PromptedVit};
 use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample, PretrainedCfg, Vit, VitConfig};
 
 use crate::checkpoint::{self, write_atomic, CheckpointMeta};
@@ -34,6 +34,8 @@ use crate::protocol::{gradients, sgd};
 
 /// The prompt-only artifact written at the end of a run.
 pub const ARTIFACT_FILE: &str = "prompts.safetensors";
+/// The fine-tuned backbone, written at the end of a `full` run.
+pub const BACKBONE_FILE: &str = "backbone.safetensors";
 /// The final record of a run.
 pub const RESULT_FILE: &str = "result.json";
 /// The configuration, written first.
@@ -141,21 +143,10 @@ pub fn git_revision() -> &'static str {
 pub fn open_data(data: &DataConfig) -> Result<(Split, Split, Option<String>), TrainError> {
     let (train, eval, dir) = match data.format {
         DataFormat::Vtab => {
-            let split = |name: &str| -> Result<VtabSplit, TrainError> {
-                VtabSplit::ALL
-                    .into_iter()
-                    .find(|s| s.name() == name)
-                    .ok_or_else(|| TrainError::Config {
-                        path: PathBuf::from("data"),
-                        message: format!(
-                            "unknown VTAB split `{name}`: expected train800, val200, train800val200 or test"
-                        ),
-                    })
-            };
             let info = vtab::task(&data.task)?;
             (
-                vtab::open(&data.root, &data.task, split(&data.train_split)?)?,
-                vtab::open(&data.root, &data.task, split(&data.eval_split)?)?,
+                vtab::open_named(&data.root, &data.task, &data.train_split)?,
+                vtab::open_named(&data.root, &data.task, &data.eval_split)?,
                 data.root.join(info.name),
             )
         }
@@ -639,6 +630,21 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
             ctx.monitor.finish();
             return Ok(Outcome::Stopped(epoch + 1));
         }
+    }
+    if cfg.experts.method == Method::Full {
+        // Full fine-tuning changes the backbone: save it (with its preprocessing) for reuse.
+        let inner = model.valid();
+        let pre = PretrainedCfg {
+            source: "vapt full fine-tuning".into(),
+            file: None,
+            sha256: None,
+            tag: Some(cfg.label()),
+            input_size: inner.backbone.config.image_size,
+            ..ctx.pre.clone()
+        };
+        inner
+            .backbone
+            .save_safetensors(&dir.join(BACKBONE_FILE), Some(&pre))?;
     }
     let artifact = dir.join(ARTIFACT_FILE);
     save_artifact(&model.valid(), ctx.pre.sha256.as_deref(), &artifact)?;
