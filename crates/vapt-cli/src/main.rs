@@ -16,7 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use vapt_experts::params::group;
-use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample, VitConfig};
+use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample};
 
 use device::{dispatch, DeviceSpec, Job};
 
@@ -117,31 +117,16 @@ struct WeightsArgs {
 }
 
 fn parse_resample(s: &str) -> Result<PosEmbResample, String> {
-    match s {
-        "scipy-zoom" | "scipy" => Ok(PosEmbResample::ScipyZoom),
-        "bilinear" | "timm" => Ok(PosEmbResample::Bilinear),
-        _ => Err(format!(
-            "unknown resampling `{s}`: expected scipy-zoom or bilinear"
-        )),
-    }
+    s.parse()
 }
 
 impl WeightsArgs {
     fn options(&self) -> Result<LoadOptions> {
-        let arch = if self.variant.eq_ignore_ascii_case("auto") {
-            None
-        } else {
-            let mut cfg = VitConfig::from_variant(&self.variant)?;
-            if let Some(size) = self.image_size {
-                cfg = cfg.with_image_size(size);
-            }
-            Some(cfg)
-        };
-        Ok(LoadOptions {
-            arch,
-            image_size: self.image_size,
-            resample: self.resample,
-        })
+        Ok(LoadOptions::from_variant(
+            &self.variant,
+            self.image_size,
+            self.resample,
+        )?)
     }
 }
 

@@ -366,6 +366,23 @@ impl<B: Backend> PromptedVit<B> {
 
     /// [`Self::forward`], recording intermediates and/or attention into `trace`.
     pub fn forward_traced(&self, images: Tensor<B, 4>, mut trace: Option<&mut Trace<B>>) -> Tensor<B, 2> {
+        let features = self.features_traced(images, trace.as_deref_mut());
+        let logits = match &self.head {
+            Some(head) => head.forward(features),
+            None => features,
+        };
+        if let Some(t) = trace {
+            t.record("out.logits", logits.clone());
+        }
+        logits
+    }
+
+    /// The `[B, D]` features the head classifies (final-norm CLS token, prompts in place).
+    pub fn features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.features_traced(images, None)
+    }
+
+    fn features_traced(&self, images: Tensor<B, 4>, mut trace: Option<&mut Trace<B>>) -> Tensor<B, 2> {
         let cfg = &self.config;
         let x = self.backbone.embed(images);
         let [b, _, d] = x.dims();
@@ -444,17 +461,10 @@ impl<B: Backend> PromptedVit<B> {
             };
         }
         let features = self.backbone.forward_features(x);
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.record("out.cls_feature", features.clone());
         }
-        let logits = match &self.head {
-            Some(head) => head.forward(features),
-            None => features,
-        };
-        if let Some(t) = trace {
-            t.record("out.logits", logits.clone());
-        }
-        logits
+        features
     }
 
     /// Prompt tokens per block as seen by the attention (0 for `linear`/`full`).

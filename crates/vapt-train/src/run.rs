@@ -17,14 +17,14 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use vapt_data::fgvc::{self, Fgvc};
 use vapt_data::transform::SplitMix64;
 use vapt_data::vtab;
 use vapt_data::{images::make_batch, ImageItem, ImageSet, Split, Transform};
 use vapt_experts::{cross_entropy, save_artifact, Method, PromptedVit};
-use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample, PretrainedCfg, Vit, VitConfig};
+use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample, PretrainedCfg, Vit};
 
 use crate::checkpoint::{self, write_atomic, CheckpointMeta};
 use crate::config::{BackboneConfig, DataConfig, DataFormat, OptimizerKind, TrainConfig};
@@ -169,36 +169,15 @@ pub fn load_backbone<B: Backend>(
     cfg: &BackboneConfig,
     device: &B::Device,
 ) -> Result<(Vit<B>, PretrainedCfg), TrainError> {
-    let resample = match cfg.resample.as_str() {
-        "scipy-zoom" | "scipy" => PosEmbResample::ScipyZoom,
-        "bilinear" | "timm" => PosEmbResample::Bilinear,
-        other => {
-            return Err(TrainError::Config {
-                path: PathBuf::from("backbone.resample"),
-                message: format!("unknown resampling `{other}`: expected scipy-zoom or bilinear"),
-            })
-        }
-    };
-    let arch = if cfg.variant.eq_ignore_ascii_case("auto") {
-        None
-    } else {
-        let mut v = VitConfig::from_variant(&cfg.variant)?;
-        if let Some(s) = cfg.image_size {
-            v = v.with_image_size(s);
-        }
-        Some(v)
-    };
+    let resample: PosEmbResample = cfg.resample.parse().map_err(|message| TrainError::Config {
+        path: PathBuf::from("backbone.resample"),
+        message,
+    })?;
+    let opts = LoadOptions::from_variant(&cfg.variant, cfg.image_size, resample)?;
     match &cfg.weights {
-        Some(path) => {
-            let opts = LoadOptions {
-                arch,
-                image_size: cfg.image_size,
-                resample,
-            };
-            Ok(load_pretrained::<B>(path, &opts, device)?)
-        }
+        Some(path) => Ok(load_pretrained::<B>(path, &opts, device)?),
         None => {
-            let vit = arch.ok_or_else(|| TrainError::Config {
+            let vit = opts.arch.ok_or_else(|| TrainError::Config {
                 path: PathBuf::from("backbone"),
                 message: "a random backbone needs an explicit variant".into(),
             })?;
@@ -261,6 +240,125 @@ pub fn for_batches(
         }
         Ok(())
     })
+}
+
+/// The head's input of every image of a split, computed once (linear probing).
+pub struct Features {
+    /// Feature width.
+    pub dim: usize,
+    /// `[N, dim]`, row-major.
+    pub values: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<usize>,
+}
+
+impl Features {
+    /// Rows `indices` as a `[n, dim]` tensor and their labels.
+    pub fn batch<B: Backend>(
+        &self,
+        indices: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 1, Int>) {
+        let mut v = Vec::with_capacity(indices.len() * self.dim);
+        for &i in indices {
+            v.extend_from_slice(&self.values[i * self.dim..(i + 1) * self.dim]);
+        }
+        let labels: Vec<i64> = indices.iter().map(|&i| self.labels[i] as i64).collect();
+        (
+            Tensor::from_data(TensorData::new(v, [indices.len(), self.dim]), device),
+            Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
+        )
+    }
+}
+
+struct FeatureCache {
+    train: Features,
+    eval: Features,
+}
+
+/// Features (`PromptedVit::features`) of every image of `set`, in order.
+pub fn compute_features<B: Backend>(
+    model: &PromptedVit<B>,
+    set: &ImageSet,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Features, TrainError> {
+    let size = set.transform.output_size();
+    let order: Vec<usize> = (0..set.len()).collect();
+    let mut values = Vec::new();
+    let mut dim = 0;
+    for_batches(set, &order, batch_size, |items| {
+        let batch = make_batch::<B>(&items, size, device);
+        let f = model.features(batch.images);
+        dim = f.dims()[1];
+        values.extend(
+            f.into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .unwrap_or_default(),
+        );
+        Ok(true)
+    })?;
+    let labels = set.split.samples.iter().map(|s| s.label).collect();
+    Ok(Features { dim, values, labels })
+}
+
+fn evaluate_features<B: Backend>(
+    model: &PromptedVit<B>,
+    cache: &FeatureCache,
+    batch_size: usize,
+    device: &B::Device,
+) -> (f64, f64) {
+    let f = &cache.eval;
+    let n = f.labels.len();
+    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+    let order: Vec<usize> = (0..n).collect();
+    for chunk in order.chunks(batch_size.max(1)) {
+        let (x, y) = f.batch::<B>(chunk, device);
+        let logits = match &model.head {
+            Some(h) => h.forward(x),
+            None => x,
+        };
+        let loss: f64 = cross_entropy(logits.clone(), y.clone()).into_scalar().elem();
+        loss_sum += loss * chunk.len() as f64;
+        correct += count_correct(logits, y);
+    }
+    let n = n.max(1) as f64;
+    (loss_sum / n, 100.0 * correct as f64 / n)
+}
+
+/// A training batch's input: images, or cached features (linear probing).
+enum Input<B: Backend> {
+    Images(Tensor<B, 4>),
+    Features(Tensor<B, 2>),
+}
+
+fn for_train_batches<B: Backend>(
+    set: &ImageSet,
+    cache: Option<&FeatureCache>,
+    order: &[usize],
+    batch_size: usize,
+    device: &B::Device,
+    mut f: impl FnMut(Input<B>, Tensor<B, 1, Int>) -> Result<bool, TrainError>,
+) -> Result<(), TrainError> {
+    match cache {
+        Some(c) => {
+            for chunk in order.chunks(batch_size.max(1)) {
+                let (x, y) = c.train.batch::<B>(chunk, device);
+                if !f(Input::Features(x), y)? {
+                    break;
+                }
+            }
+            Ok(())
+        }
+        None => {
+            let size = set.transform.output_size();
+            for_batches(set, order, batch_size, |items| {
+                let batch = make_batch::<B>(&items, size, device);
+                f(Input::Images(batch.images), batch.targets)
+            })
+        }
+    }
 }
 
 /// Loss and top-1 (%) of `model` on `set` (eval mode, no gradients).
@@ -508,7 +606,28 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
     });
     let wd = cfg.optim.wd;
     let sgd_decay = cfg.optim.optimizer == OptimizerKind::Sgd;
-    let size = ctx.train.transform.output_size();
+    // Linear probing with a deterministic transform: the frozen backbone's features never change,
+    // so compute them once and train the head on them (`VAPT_NO_FEATURE_CACHE=1` turns this off,
+    // to check that both paths agree).
+    let cache_ok = std::env::var_os("VAPT_NO_FEATURE_CACHE").is_none();
+    let cache = if cache_ok
+        && cfg.experts.method == Method::Linear
+        && !ctx.train.transform.is_random()
+        && start < schedule.epochs
+    {
+        ctx.monitor
+            .message("linear probe: computing the frozen backbone's features once");
+        let t0 = Instant::now();
+        let inner = model.valid();
+        let c = FeatureCache {
+            train: compute_features(&inner, &ctx.train, cfg.optim.batch_size, ctx.device)?,
+            eval: compute_features(&inner, &ctx.eval, cfg.optim.batch_size, ctx.device)?,
+        };
+        wall += t0.elapsed().as_secs_f64();
+        Some(c)
+    } else {
+        None
+    };
     for epoch in start..schedule.epochs {
         let t0 = Instant::now();
         let lr = schedule.lr(epoch);
@@ -520,42 +639,54 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
         let mut stopped = false;
         let monitor = &mut *ctx.monitor;
         let device = ctx.device;
-        for_batches(&ctx.train, &order, cfg.optim.batch_size, |items| {
-            let n = items.len();
-            let batch = make_batch::<B>(&items, size, device);
-            let logits = model.forward(batch.images);
-            let loss = cross_entropy(logits.clone(), batch.targets.clone());
-            let loss_v: f64 = loss.clone().into_scalar().elem();
-            if !loss_v.is_finite() {
-                diverged = Some((step, loss_v));
-                return Ok(false);
-            }
-            correct += count_correct(logits.detach(), batch.targets);
-            let grads = if sgd_decay {
-                gradients(&model, loss, wd)
-            } else {
-                GradientsParams::from_grads(loss.backward(), &model)
-            };
-            model = optim.step(lr, model.clone(), grads);
-            loss_sum += loss_v * n as f64;
-            seen += n;
-            monitor.step(&StepInfo {
-                epoch,
-                epochs: schedule.epochs,
-                step,
-                steps,
-                loss: loss_v,
-                lr,
-                running_loss: loss_sum / seen as f64,
-                running_top1: 100.0 * correct as f64 / seen as f64,
-            });
-            step += 1;
-            if monitor.should_stop() {
-                stopped = true;
-                return Ok(false);
-            }
-            Ok(true)
-        })?;
+        for_train_batches(
+            &ctx.train,
+            cache.as_ref(),
+            &order,
+            cfg.optim.batch_size,
+            device,
+            |input, targets| {
+                let n = targets.dims()[0];
+                let logits = match input {
+                    Input::Images(x) => model.forward(x),
+                    Input::Features(f) => match &model.head {
+                        Some(head) => head.forward(f),
+                        None => f,
+                    },
+                };
+                let loss = cross_entropy(logits.clone(), targets.clone());
+                let loss_v: f64 = loss.clone().into_scalar().elem();
+                if !loss_v.is_finite() {
+                    diverged = Some((step, loss_v));
+                    return Ok(false);
+                }
+                correct += count_correct(logits.detach(), targets);
+                let grads = if sgd_decay {
+                    gradients(&model, loss, wd)
+                } else {
+                    GradientsParams::from_grads(loss.backward(), &model)
+                };
+                model = optim.step(lr, model.clone(), grads);
+                loss_sum += loss_v * n as f64;
+                seen += n;
+                monitor.step(&StepInfo {
+                    epoch,
+                    epochs: schedule.epochs,
+                    step,
+                    steps,
+                    loss: loss_v,
+                    lr,
+                    running_loss: loss_sum / seen as f64,
+                    running_top1: 100.0 * correct as f64 / seen as f64,
+                });
+                step += 1;
+                if monitor.should_stop() {
+                    stopped = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            },
+        )?;
         if let Some((step, loss)) = diverged {
             wall += t0.elapsed().as_secs_f64();
             let failure = format!("loss {loss} at epoch {epoch}, step {step}");
@@ -589,13 +720,16 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
         let (eval_loss, eval_top1) = if last || every {
             let inner = model.valid();
             let monitor = &mut *ctx.monitor;
-            let (l, t) = evaluate(
-                &inner,
-                &ctx.eval,
-                cfg.optim.batch_size,
-                ctx.device,
-                |done, total| monitor.eval_progress(epoch, done, total),
-            )?;
+            let (l, t) = match &cache {
+                Some(c) => evaluate_features(&inner, c, cfg.optim.batch_size, ctx.device),
+                None => evaluate(
+                    &inner,
+                    &ctx.eval,
+                    cfg.optim.batch_size,
+                    ctx.device,
+                    |done, total| monitor.eval_progress(epoch, done, total),
+                )?,
+            };
             (Some(l), Some(t))
         } else {
             (None, None)

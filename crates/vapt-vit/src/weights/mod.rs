@@ -365,6 +365,31 @@ pub struct LoadOptions {
     pub resample: PosEmbResample,
 }
 
+impl LoadOptions {
+    /// Options from the command-line spelling: `variant` `auto` (infer from the file), a variant
+    /// (`B/16`) or explicit dims; `image_size` applies to both.
+    pub fn from_variant(
+        variant: &str,
+        image_size: Option<usize>,
+        resample: PosEmbResample,
+    ) -> Result<Self, crate::VariantError> {
+        let arch = if variant.eq_ignore_ascii_case("auto") {
+            None
+        } else {
+            let mut cfg = VitConfig::from_variant(variant)?;
+            if let Some(size) = image_size {
+                cfg = cfg.with_image_size(size);
+            }
+            Some(cfg)
+        };
+        Ok(Self {
+            arch,
+            image_size,
+            resample,
+        })
+    }
+}
+
 /// Reads a weights file into a [`TensorMap`], choosing the reader by content (zip → npz,
 /// otherwise safetensors). Also returns the file's SHA-256 (hex).
 pub fn read_any(path: &Path) -> Result<(TensorMap, String), LoadError> {

@@ -23,6 +23,21 @@ pub enum PosEmbResample {
     Bilinear,
 }
 
+impl std::str::FromStr for PosEmbResample {
+    type Err = String;
+
+    /// `scipy-zoom` (or `scipy`) and `bilinear` (or `timm`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "scipy-zoom" | "scipy" => Ok(PosEmbResample::ScipyZoom),
+            "bilinear" | "timm" => Ok(PosEmbResample::Bilinear),
+            _ => Err(format!(
+                "unknown resampling `{s}`: expected scipy-zoom or bilinear"
+            )),
+        }
+    }
+}
+
 /// Source taps `(i0, i1, w)` for each output index: value = (1−w)·in[i0] + w·in[i1].
 fn taps(n_in: usize, n_out: usize, mode: PosEmbResample) -> Vec<(usize, usize, f64)> {
     (0..n_out)
