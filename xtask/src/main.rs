@@ -38,6 +38,34 @@ fn vapt(sub: &str, args: &[String]) -> Result<()> {
     vapt_raw(&all)
 }
 
+/// Like [`vapt_raw`], returning stdout.
+fn vapt_output(args: &[String]) -> Result<String> {
+    let mut cmd = match std::env::var_os("VAPT_BIN") {
+        Some(bin) => Command::new(bin),
+        None => {
+            let mut c = cargo();
+            c.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "vapt-cli",
+                "--bin",
+                "vapt",
+                "--",
+            ]);
+            c
+        }
+    };
+    cmd.args(args);
+    eprintln!("xtask: running {cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
 fn vapt_raw(args: &[String]) -> Result<()> {
     if let Some(bin) = std::env::var_os("VAPT_BIN") {
         return run(Command::new(bin).args(args));
@@ -290,6 +318,22 @@ fn compare(args: &[String]) -> Result<()> {
             wall / n
         ));
     }
+    // The MoE view of the first VAPT run: where the CLS query's attention goes, block by block.
+    let first = root.join(format!("target/compare/e{epochs}/vapt-seed{}", seeds[0]));
+    let png = root.join("docs/results/fashion-mnist-1k-vapt-moe.png");
+    let view = vapt_output(&[
+        "analyze".into(),
+        first.display().to_string(),
+        "--images".into(),
+        "64".into(),
+        "--png".into(),
+        png.display().to_string(),
+    ])?;
+    let view: String = view
+        .lines()
+        .filter(|l| !l.starts_with("heatmap:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let doc = format!(
         "# fashion-mnist-1k: linear probe vs VPT-deep vs VAPT\n\n\
          Frozen backbone: `datasets/weights/vit-mnist.safetensors` (ViT D64-L4-H4-M128-P4 pre-trained on \
@@ -298,9 +342,14 @@ fn compare(args: &[String]) -> Result<()> {
          {epochs} epochs with 2 warm-up epochs, 10 prompts (VPT-deep, VAPT), VAPT defaults (K 2, r 8). \
          Top-1 is the last epoch's; std is the population std over seeds {}.\n\n{table}\n\
          Reproduce: `cargo xtask compare --epochs {epochs} --seeds {}` (CPU; runs are kept in \
-         `target/compare/` and reused).\n",
+         `target/compare/` and reused). Wall time is per run on the machine that ran the command.\n\n\
+         ## Where VAPT's attention goes (seed {}, 64 test images)\n\n\
+         `vapt analyze` on the first VAPT run; the heatmap `fashion-mnist-1k-vapt-moe.png` shows the same \
+         numbers (rows = blocks, columns = heads; left: CLS query, right: patch queries; brighter = more \
+         gate mass on the prompt experts).\n\n```text\n{view}```\n",
         seeds.join(", "),
-        seeds.join(",")
+        seeds.join(","),
+        seeds[0]
     );
     let path = root.join("docs/results/fashion-mnist-1k.md");
     std::fs::create_dir_all(path.parent().context("no parent")?)?;

@@ -250,7 +250,13 @@ pub fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<Lo
         cfg.backbone.weights = args.weights.clone();
     }
     if cfg.backbone.weights.is_none() && !args.model.is_dir() {
-        // A random backbone of the artifact's shape (only meaningful for tests).
+        if let Some(sha) = &header.backbone_sha256 {
+            bail!(
+                "{}: these prompts were trained on a backbone with SHA-256 {sha}; pass it with --weights",
+                artifact.display()
+            );
+        }
+        // Trained on a random backbone (tests, benchmarks): re-create one of the artifact's shape.
         cfg.backbone.variant = format!(
             "D{}-L{}-H{}-M{}-P{}",
             header.backbone.hidden,
