@@ -53,6 +53,10 @@ enum Value {
     },
 }
 
+fn byte(b: &[u8], at: usize) -> Result<u8> {
+    b.get(at).copied().context("truncated pickle")
+}
+
 fn le_u32(b: &[u8], at: usize) -> Result<u32> {
     b.get(at..at + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
@@ -94,7 +98,7 @@ fn unpickle(b: &[u8]) -> Result<Value> {
                 stack.push(Value::Global(format!("{module}.{name}")));
             }
             b'q' => {
-                let k = b[i] as u32;
+                let k = byte(b, i)? as u32;
                 i += 1;
                 memo.insert(k, stack.last().cloned().context("pickle: BINPUT on empty stack")?);
             }
@@ -110,7 +114,7 @@ fn unpickle(b: &[u8]) -> Result<Value> {
                 );
             }
             b'h' => {
-                let k = b[i] as u32;
+                let k = byte(b, i)? as u32;
                 i += 1;
                 stack.push(memo.get(&k).cloned().context("pickle: unknown memo")?);
             }
@@ -120,11 +124,13 @@ fn unpickle(b: &[u8]) -> Result<Value> {
                 stack.push(memo.get(&k).cloned().context("pickle: unknown memo")?);
             }
             b'K' => {
-                stack.push(Value::Int(b[i] as i64));
+                stack.push(Value::Int(byte(b, i)? as i64));
                 i += 1;
             }
             b'M' => {
-                stack.push(Value::Int(u16::from_le_bytes([b[i], b[i + 1]]) as i64));
+                stack.push(Value::Int(
+                    u16::from_le_bytes([byte(b, i)?, byte(b, i + 1)?]) as i64
+                ));
                 i += 2;
             }
             b'J' => {
@@ -132,8 +138,9 @@ fn unpickle(b: &[u8]) -> Result<Value> {
                 i += 4;
             }
             b'U' => {
-                let n = b[i] as usize;
-                stack.push(Value::Bytes(b[i + 1..i + 1 + n].to_vec()));
+                let n = byte(b, i)? as usize;
+                let data = b.get(i + 1..i + 1 + n).context("truncated pickle string")?;
+                stack.push(Value::Bytes(data.to_vec()));
                 i += 1 + n;
             }
             b'T' | b'X' | b'B' => {
@@ -267,7 +274,10 @@ pub fn read(path: &Path) -> Result<Splits> {
         let Value::Tuple(xy) = s else {
             bail!("a split is not (x, y)")
         };
-        let (x, y) = (array(&xy[0])?, array(&xy[1])?);
+        let [x, y] = xy.as_slice() else {
+            bail!("a split is not (x, y)")
+        };
+        let (x, y) = (array(x)?, array(y)?);
         if x.shape.len() != 2 || x.shape[1] != 784 || y.shape != [x.shape[0]] {
             bail!("unexpected MNIST shapes {:?} / {:?}", x.shape, y.shape);
         }
@@ -343,5 +353,11 @@ mod tests {
         assert_eq!((x.shape, x.values), (vec![1, 2], vec![0.0, 1.0]));
         let y = array(&v[1]).unwrap();
         assert_eq!((y.shape, y.values), (vec![1], vec![7.0]));
+        for cut in [1, 10, p.len() / 2, p.len() - 1] {
+            assert!(
+                unpickle(&p[..cut]).is_err(),
+                "a pickle cut at {cut} bytes must be an error"
+            );
+        }
     }
 }
