@@ -130,6 +130,7 @@ impl Job for Bench {
         let result = json!({
             "device": spec.to_string(),
             "backend": B::name(&device),
+            "threads": rayon::current_num_threads(),
             "variant": vit.display_name(),
             "method": cfg.method.name(),
             "num_prompts": cfg.num_prompts,

@@ -47,6 +47,10 @@ struct Cli {
     #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
     device: DeviceSpec,
 
+    /// CPU threads for the `cpu` device's kernels and for image decoding [default: all cores].
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -234,6 +238,15 @@ impl Job for Convert {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("--threads: cannot size the thread pool")?;
+    }
     match cli.command {
         Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
