@@ -17,6 +17,12 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
+/// The repository root (the folder above `xtask/`).
+fn repo_root() -> PathBuf {
+    let xtask = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().map(PathBuf::from).unwrap_or(xtask)
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -120,7 +126,7 @@ fn default_train() -> Result<()> {
 /// new folder under `runs/default/`. The backbone is the shipped pre-trained tiny ViT when
 /// `datasets/weights/vit-mnist.safetensors` exists, else a random one of the same shape.
 fn default_train_args() -> Vec<String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let weights = root.join("datasets/weights/vit-mnist.safetensors");
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -158,7 +164,7 @@ fn default_train_args() -> Vec<String> {
 pub const MNIST_VARIANT: &str = "D64-L4-H4-M128-P4";
 
 fn pretrain(args: &[String]) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let mut src = PathBuf::from("/tmp/mnist/mnist/data/mnist.pkl.gz");
     let mut epochs = "8".to_string();
     let mut force = false;
@@ -262,7 +268,7 @@ fn fashion_recipe(root: &std::path::Path, epochs: &str) -> Vec<String> {
 }
 
 fn compare(args: &[String]) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let mut epochs = "20".to_string();
     let mut seeds = vec!["42".to_string(), "44".into(), "82".into()];
     let mut it = args.iter();
@@ -367,7 +373,7 @@ fn ci() -> Result<()> {
 }
 
 fn fashion(args: &[String]) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let mut src = PathBuf::from(fashion_mnist::DEFAULT_SRC);
     let mut out = root.join("datasets/fashion-mnist-1k");
     let mut force = false;
