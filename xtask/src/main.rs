@@ -44,9 +44,9 @@ fn vapt(sub: &str, args: &[String]) -> Result<()> {
     vapt_raw(&all)
 }
 
-/// Like [`vapt_raw`], returning stdout.
-fn vapt_output(args: &[String]) -> Result<String> {
-    let mut cmd = match std::env::var_os("VAPT_BIN") {
+/// The command that runs `vapt`: `$VAPT_BIN` if set, else `cargo run --release -p vapt-cli --`.
+fn vapt_command() -> Command {
+    match std::env::var_os("VAPT_BIN") {
         Some(bin) => Command::new(bin),
         None => {
             let mut c = cargo();
@@ -62,7 +62,12 @@ fn vapt_output(args: &[String]) -> Result<String> {
             ]);
             c
         }
-    };
+    }
+}
+
+/// Like [`vapt_raw`], returning stdout.
+fn vapt_output(args: &[String]) -> Result<String> {
+    let mut cmd = vapt_command();
     cmd.args(args);
     eprintln!("xtask: running {cmd:?}");
     let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
@@ -73,21 +78,7 @@ fn vapt_output(args: &[String]) -> Result<String> {
 }
 
 fn vapt_raw(args: &[String]) -> Result<()> {
-    if let Some(bin) = std::env::var_os("VAPT_BIN") {
-        return run(Command::new(bin).args(args));
-    }
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "vapt-cli",
-            "--bin",
-            "vapt",
-            "--",
-        ])
-        .args(args))
+    run(vapt_command().args(args))
 }
 
 /// Runs the embedded default on the best device: CUDA when `nvidia-smi` answers (built with the
