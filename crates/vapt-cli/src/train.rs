@@ -152,7 +152,8 @@ pub struct TrainArgs {
     /// is never overwritten.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue the unfinished run in --out from its last checkpoint (same configuration).
+    /// Continue the unfinished run in --out from its last checkpoint. Without other settings it
+    /// uses the run's own config.json; settings that differ from it are refused.
     #[arg(long)]
     pub resume: bool,
     /// Stop (resumably) after this many epochs, e.g. to fit a job's time slot.
@@ -170,7 +171,14 @@ impl Job for TrainJob {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let TrainJob(args, spec) = self;
+        let TrainJob(mut args, spec) = self;
+        // `--resume --out DIR` alone continues with the run's own configuration.
+        if let (true, None, Some(out)) = (args.resume, &args.run.config, &args.out) {
+            let saved = out.join(CONFIG_FILE);
+            if saved.is_file() {
+                args.run.config = Some(saved);
+            }
+        }
         let cfg = args.run.resolve()?;
         let out = args
             .out
@@ -201,7 +209,7 @@ impl Job for TrainJob {
             }
             Outcome::Stopped(k) => {
                 println!(
-                    "stopped after {k} epochs; continue with: vapt train --out {} --resume (and the same settings)",
+                    "stopped after {k} epochs; continue with: vapt train --out {} --resume",
                     out.display()
                 );
             }

@@ -414,7 +414,14 @@ fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(metrics(&split).len(), 1);
     let refused = vapt().args(with(&split, &[])).output().unwrap();
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
-    run_ok(&with(&split, &["--resume"]));
+    // `--resume --out DIR` alone picks up the run's own configuration.
+    run_ok(&[
+        "train".into(),
+        "--plain".into(),
+        "--out".into(),
+        split.to_str().unwrap().into(),
+        "--resume".into(),
+    ]);
     assert_eq!(metrics(&whole), metrics(&split), "metrics differ after resume");
     let a = vapt_tests::read_safetensors(&whole.join("prompts.safetensors"));
     let b = vapt_tests::read_safetensors(&split.join("prompts.safetensors"));
