@@ -303,48 +303,37 @@ pub fn compute_features<B: Backend>(
     Ok(Features { dim, values, labels })
 }
 
-fn evaluate_features<B: Backend>(
-    model: &PromptedVit<B>,
-    cache: &FeatureCache,
-    batch_size: usize,
-    device: &B::Device,
-) -> (f64, f64) {
-    let f = &cache.eval;
-    let n = f.labels.len();
-    let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-    let order: Vec<usize> = (0..n).collect();
-    for chunk in order.chunks(batch_size.max(1)) {
-        let (x, y) = f.batch::<B>(chunk, device);
-        let logits = match &model.head {
-            Some(h) => h.forward(x),
-            None => x,
-        };
-        let loss: f64 = cross_entropy(logits.clone(), y.clone()).into_scalar().elem();
-        loss_sum += loss * chunk.len() as f64;
-        correct += count_correct(logits, y);
-    }
-    let n = n.max(1) as f64;
-    (loss_sum / n, 100.0 * correct as f64 / n)
-}
-
-/// A training batch's input: images, or cached features (linear probing).
+/// A batch's input: images, or cached features (linear probing).
 enum Input<B: Backend> {
     Images(Tensor<B, 4>),
     Features(Tensor<B, 2>),
 }
 
-fn for_train_batches<B: Backend>(
+/// Logits of `model` for a batch input (features skip the backbone and go to the head).
+fn logits<B: Backend>(model: &PromptedVit<B>, input: Input<B>) -> Tensor<B, 2> {
+    match input {
+        Input::Images(x) => model.forward(x),
+        Input::Features(f) => match &model.head {
+            Some(head) => head.forward(f),
+            None => f,
+        },
+    }
+}
+
+/// Calls `f` with each batch of `order`: rows of `features` when given, else the decoded and
+/// transformed images of `set` (see [`for_batches`]).
+fn for_input_batches<B: Backend>(
     set: &ImageSet,
-    cache: Option<&FeatureCache>,
+    features: Option<&Features>,
     order: &[usize],
     batch_size: usize,
     device: &B::Device,
     mut f: impl FnMut(Input<B>, Tensor<B, 1, Int>) -> Result<bool, TrainError>,
 ) -> Result<(), TrainError> {
-    match cache {
+    match features {
         Some(c) => {
             for chunk in order.chunks(batch_size.max(1)) {
-                let (x, y) = c.train.batch::<B>(chunk, device);
+                let (x, y) = c.batch::<B>(chunk, device);
                 if !f(Input::Features(x), y)? {
                     break;
                 }
@@ -367,21 +356,31 @@ pub fn evaluate<B: Backend>(
     set: &ImageSet,
     batch_size: usize,
     device: &B::Device,
+    on_batch: impl FnMut(usize, usize),
+) -> Result<(f64, f64), TrainError> {
+    score(model, set, None, batch_size, device, on_batch)
+}
+
+/// [`evaluate`], on `features` of `set` when given.
+fn score<B: Backend>(
+    model: &PromptedVit<B>,
+    set: &ImageSet,
+    features: Option<&Features>,
+    batch_size: usize,
+    device: &B::Device,
     mut on_batch: impl FnMut(usize, usize),
 ) -> Result<(f64, f64), TrainError> {
-    let size = set.transform.output_size();
     let order: Vec<usize> = (0..set.len()).collect();
     let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
     let total = set.len();
-    for_batches(set, &order, batch_size, |items| {
-        let n = items.len();
-        let batch = make_batch::<B>(&items, size, device);
-        let logits = model.forward(batch.images);
-        let loss: f64 = cross_entropy(logits.clone(), batch.targets.clone())
+    for_input_batches(set, features, &order, batch_size, device, |input, targets| {
+        let n = targets.dims()[0];
+        let logits = logits(model, input);
+        let loss: f64 = cross_entropy(logits.clone(), targets.clone())
             .into_scalar()
             .elem();
         loss_sum += loss * n as f64;
-        correct += count_correct(logits, batch.targets);
+        correct += count_correct(logits, targets);
         seen += n;
         on_batch(seen, total);
         Ok(true)
@@ -639,21 +638,16 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
         let mut stopped = false;
         let monitor = &mut *ctx.monitor;
         let device = ctx.device;
-        for_train_batches(
+        let features = cache.as_ref().map(|c| &c.train);
+        for_input_batches(
             &ctx.train,
-            cache.as_ref(),
+            features,
             &order,
             cfg.optim.batch_size,
             device,
             |input, targets| {
                 let n = targets.dims()[0];
-                let logits = match input {
-                    Input::Images(x) => model.forward(x),
-                    Input::Features(f) => match &model.head {
-                        Some(head) => head.forward(f),
-                        None => f,
-                    },
-                };
+                let logits = logits(&model, input);
                 let loss = cross_entropy(logits.clone(), targets.clone());
                 let loss_v: f64 = loss.clone().into_scalar().elem();
                 if !loss_v.is_finite() {
@@ -720,16 +714,15 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
         let (eval_loss, eval_top1) = if last || every {
             let inner = model.valid();
             let monitor = &mut *ctx.monitor;
-            let (l, t) = match &cache {
-                Some(c) => evaluate_features(&inner, c, cfg.optim.batch_size, ctx.device),
-                None => evaluate(
-                    &inner,
-                    &ctx.eval,
-                    cfg.optim.batch_size,
-                    ctx.device,
-                    |done, total| monitor.eval_progress(epoch, done, total),
-                )?,
-            };
+            let features = cache.as_ref().map(|c| &c.eval);
+            let (l, t) = score(
+                &inner,
+                &ctx.eval,
+                features,
+                cfg.optim.batch_size,
+                ctx.device,
+                |done, total| monitor.eval_progress(epoch, done, total),
+            )?;
             (Some(l), Some(t))
         } else {
             (None, None)
