@@ -86,11 +86,15 @@ struct Restore<'a> {
     map: &'a TensorMap,
     problems: Vec<String>,
     restored: usize,
+    trainable: usize,
 }
 
 impl<B: Backend> ModuleMapper<B> for Restore<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
+        if tensor.is_require_grad() {
+            self.trainable += 1;
+        }
         let Some(saved) = self.map.tensors.get(&key(id)) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
@@ -210,17 +214,17 @@ pub fn load<B: Backend, M: Module<B>, R: Record<B>>(
         wall_seconds,
     };
     let optim_path = dir.join(meta_of("optimizer")?);
-    let expected = trainable_tensors(&module);
     let mut restore = Restore {
         map: &map,
         problems: Vec::new(),
         restored: 0,
+        trainable: 0,
     };
     let module = module.map(&mut restore);
-    if restore.restored != expected.tensors.len() || map.tensors.len() != expected.tensors.len() {
+    if restore.restored != restore.trainable || map.tensors.len() != restore.trainable {
         restore.problems.push(format!(
             "the model has {} trainable tensors, the checkpoint {} (restored {})",
-            expected.tensors.len(),
+            restore.trainable,
             map.tensors.len(),
             restore.restored
         ));

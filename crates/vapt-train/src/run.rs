@@ -576,19 +576,24 @@ fn fit<B: AutodiffBackend, O: Optimizer<PromptedVit<B>, B>>(
     let dir = ctx.opts.out.clone();
     let ckpt_dir = dir.join("checkpoint");
     let schedule = cfg.optim.schedule();
-    let (mut model, mut history, mut wall, start) =
-        match checkpoint::load::<B, _, O::Record>(&ckpt_dir, model.clone(), ctx.device)? {
-            Some((m, record, meta)) if ctx.opts.resume => {
-                optim = optim.load_record(record);
-                let history: Vec<EpochRow> =
-                    serde_json::from_str(&meta.history).map_err(|e| TrainError::Checkpoint {
-                        path: ckpt_dir.join(checkpoint::STATE_FILE),
-                        message: format!("bad metric history: {e}"),
-                    })?;
-                (m, history, meta.wall_seconds, meta.epochs_done)
-            }
-            _ => (model, Vec::new(), 0.0, 0),
-        };
+    // A new run folder has no checkpoint (`prepare_dir` refuses an unfinished one without --resume).
+    let saved = if ctx.opts.resume {
+        checkpoint::load::<B, _, O::Record>(&ckpt_dir, model.clone(), ctx.device)?
+    } else {
+        None
+    };
+    let (mut model, mut history, mut wall, start) = match saved {
+        Some((m, record, meta)) => {
+            optim = optim.load_record(record);
+            let history: Vec<EpochRow> =
+                serde_json::from_str(&meta.history).map_err(|e| TrainError::Checkpoint {
+                    path: ckpt_dir.join(checkpoint::STATE_FILE),
+                    message: format!("bad metric history: {e}"),
+                })?;
+            (m, history, meta.wall_seconds, meta.epochs_done)
+        }
+        None => (model, Vec::new(), 0.0, 0),
+    };
     let (trainable, total) = checkpoint::count_params(&model);
     let steps = ctx.train.len().div_ceil(cfg.optim.batch_size.max(1));
     ctx.monitor.start(&RunHeader {
