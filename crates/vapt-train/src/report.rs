@@ -45,11 +45,7 @@ pub fn find_summaries(root: &Path) -> Result<Vec<(PathBuf, Summary)>, TrainError
     files
         .into_iter()
         .map(|f| {
-            let text = std::fs::read_to_string(&f).map_err(|e| TrainError::io(&f, e))?;
-            let s: Summary = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-                path: f.clone(),
-                message: format!("not a vapt sweep summary: {e}"),
-            })?;
+            let s: Summary = crate::run::read_json(&f, "vapt sweep summary")?;
             Ok((f, s))
         })
         .collect()

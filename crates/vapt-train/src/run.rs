@@ -396,7 +396,8 @@ fn count_correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -
     c as usize
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+/// Writes `value` as pretty JSON, atomically.
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Config {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -410,13 +411,16 @@ pub fn read_result(dir: &Path) -> Result<Option<RunResult>, TrainError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| TrainError::Config {
-            path,
-            message: format!("not a vapt result: {e}"),
-        })
+    read_json(&path, "vapt result").map(Some)
+}
+
+/// Reads a JSON file; a parse error names the file and says it is not a `what`.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config {
+        path: path.to_path_buf(),
+        message: format!("not a {what}: {e}"),
+    })
 }
 
 fn diff_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
@@ -456,11 +460,7 @@ fn prepare_dir(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
         if !opts.resume {
             return Err(TrainError::Unfinished { dir: dir.clone() });
         }
-        let text = std::fs::read_to_string(&config_path).map_err(|e| TrainError::io(&config_path, e))?;
-        let theirs: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
+        let theirs: serde_json::Value = read_json(&config_path, "run configuration")?;
         let mut keys = Vec::new();
         diff_keys(&theirs, &ours, "", &mut keys);
         if !keys.is_empty() {

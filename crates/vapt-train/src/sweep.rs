@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DataFormat, TrainConfig};
 use crate::error::TrainError;
 use crate::monitor::Monitor;
-use crate::run::{read_result, train, Outcome, RunOptions, RunStatus};
+use crate::run::{read_json, read_result, train, write_json, Outcome, RunOptions, RunStatus};
 
 /// The paper's VTAB lr grid.
 pub const VTAB_LRS: [f64; 10] = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05];
@@ -299,32 +299,18 @@ pub fn prepare(spec: &SweepSpec, out: &Path) -> Result<(), TrainError> {
         return Ok(());
     }
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    let text = serde_json::to_string_pretty(spec).map_err(|e| TrainError::Config {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    crate::checkpoint::write_atomic(&path, text.as_bytes())
+    write_json(&path, spec)
 }
 
 /// Reads `sweep.json` of a sweep folder.
 pub fn read_spec(out: &Path) -> Result<SweepSpec, TrainError> {
-    let path = out.join(SWEEP_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Config {
-        path,
-        message: format!("not a vapt sweep: {e}"),
-    })
+    read_json(&out.join(SWEEP_FILE), "vapt sweep")
 }
 
 /// Writes `summary.json` and returns the summary.
 pub fn write_summary(spec: &SweepSpec, out: &Path) -> Result<Summary, TrainError> {
     let s = summarize(spec, out)?;
-    let path = out.join(SUMMARY_FILE);
-    let text = serde_json::to_string_pretty(&s).map_err(|e| TrainError::Config {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+    write_json(&out.join(SUMMARY_FILE), &s)?;
     Ok(s)
 }
 
