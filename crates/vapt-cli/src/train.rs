@@ -10,10 +10,10 @@ use clap::{Args, Subcommand};
 use vapt_data::{images, ImageSet};
 use vapt_experts::artifact::read_header;
 use vapt_experts::{load_artifact, PromptedVit};
-use vapt_train::config::{DataFormat, OptimizerKind, TrainConfig};
+use vapt_train::config::{DataConfig, DataFormat, OptimizerKind, TrainConfig};
 use vapt_train::monitor::{self, Monitor};
 use vapt_train::report::{find_summaries, Table};
-use vapt_train::run::{self, evaluate, load_backbone, transform_for, CONFIG_FILE};
+use vapt_train::run::{self, evaluate, load_backbone, transform_for, Task, CONFIG_FILE};
 use vapt_train::sweep::{self, PointOutcome, SweepSpec};
 use vapt_train::{Outcome, RunOptions, RunStatus};
 
@@ -238,6 +238,20 @@ pub struct Loaded<B: Backend> {
     pub pre: vapt_vit::PretrainedCfg,
 }
 
+impl<B: Backend> Loaded<B> {
+    /// Split `data.eval_split` of `data`'s task (only that split is read), preprocessed as the
+    /// model was evaluated.
+    fn eval_set(&self, data: &DataConfig) -> Result<ImageSet> {
+        let split = Task::open(data)?.split(&data.eval_split)?;
+        let size = self.model.backbone.config.image_size;
+        Ok(ImageSet::new(
+            split,
+            transform_for(data.format, false, &self.pre, size),
+            0,
+        ))
+    }
+}
+
 /// Loads a run folder or an artifact with its backbone.
 pub fn load_model<B: Backend>(args: &ModelArgs, device: &B::Device) -> Result<Loaded<B>> {
     let (mut cfg, artifact) = if args.model.is_dir() {
@@ -324,10 +338,8 @@ impl Job for EvalJob {
         if let Some(s) = &args.split {
             data.eval_split = s.clone();
         }
-        let (_, split, _) = run::open_data(&data)?;
-        let name = split.name.clone();
-        let size = loaded.model.backbone.config.image_size;
-        let set = ImageSet::new(split, transform_for(data.format, false, &loaded.pre, size), 0);
+        let set = loaded.eval_set(&data)?;
+        let name = set.split.name.clone();
         set.preload()?;
         let (loss, top1) = evaluate(&loaded.model, &set, args.batch_size, &device, |_, _| {})?;
         if args.json {
@@ -624,13 +636,8 @@ impl Job for AnalyzeJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let loaded = load_model::<B::InnerBackend>(&args.model, &device)?;
-        let (_, split, _) = run::open_data(&loaded.cfg.data)?;
+        let set = loaded.eval_set(&loaded.cfg.data)?;
         let size = loaded.model.backbone.config.image_size;
-        let set = ImageSet::new(
-            split,
-            transform_for(loaded.cfg.data.format, false, &loaded.pre, size),
-            0,
-        );
         let n = args.images.min(set.len()).max(1);
         let idx: Vec<usize> = (0..n).collect();
         let items = set.items(&idx)?;

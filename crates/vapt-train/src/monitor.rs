@@ -15,6 +15,8 @@ use burn_train::renderer::tui::TuiMetricsRendererWrapper;
 use burn_train::renderer::{MetricState, MetricsRenderer, MetricsRendererTraining, TrainingProgress};
 use burn_train::Interrupter;
 
+use vapt_experts::params::group;
+
 use crate::run::EpochRow;
 
 /// What a run announces when it starts.
@@ -104,11 +106,6 @@ impl Default for Plain {
             started: Instant::now(),
         }
     }
-}
-
-/// Thousands separators: 85,806,346.
-pub fn group(n: usize) -> String {
-    vapt_experts::params::group(n)
 }
 
 impl Monitor for Plain {

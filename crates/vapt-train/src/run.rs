@@ -139,29 +139,62 @@ pub fn git_revision() -> &'static str {
     option_env!("VAPT_GIT_REV").unwrap_or("unknown")
 }
 
+/// The task a data configuration names, opened once (for FGVC: the class map from `train.json`).
+pub enum Task {
+    /// A VTAB-format task folder.
+    Vtab {
+        /// The folder holding the task folders.
+        root: PathBuf,
+        /// The task's registry name.
+        name: &'static str,
+    },
+    /// An FGVC dataset.
+    Fgvc(Fgvc),
+}
+
+impl Task {
+    /// Opens the task of `data` (checks the name; FGVC reads its class map).
+    pub fn open(data: &DataConfig) -> Result<Self, TrainError> {
+        Ok(match data.format {
+            DataFormat::Vtab => Task::Vtab {
+                root: data.root.clone(),
+                name: vtab::task(&data.task)?.name,
+            },
+            DataFormat::Fgvc => {
+                let info = fgvc::dataset(&data.task)?;
+                Task::Fgvc(Fgvc::open(&data.root.join(info.name), info)?)
+            }
+        })
+    }
+
+    /// Split `name` (a VTAB list such as `train800`, any other `<name>.txt`, or an FGVC json).
+    pub fn split(&self, name: &str) -> Result<Split, TrainError> {
+        Ok(match self {
+            Task::Vtab { root, name: task } => vtab::open_named(root, task, name)?,
+            Task::Fgvc(set) => set.split(name)?,
+        })
+    }
+
+    /// SHA-256 of the task folder's `vapt-manifest.json`, if it has one.
+    pub fn manifest_sha256(&self) -> Option<String> {
+        let dir = match self {
+            Task::Vtab { root, name } => root.join(name),
+            Task::Fgvc(set) => set.root.clone(),
+        };
+        std::fs::read(dir.join(vapt_data::verify::MANIFEST))
+            .ok()
+            .map(|b| vapt_vit::weights::hex_sha256(&b))
+    }
+}
+
 /// The training and evaluation splits a configuration names, and the task's manifest hash.
 pub fn open_data(data: &DataConfig) -> Result<(Split, Split, Option<String>), TrainError> {
-    let (train, eval, dir) = match data.format {
-        DataFormat::Vtab => {
-            let info = vtab::task(&data.task)?;
-            (
-                vtab::open_named(&data.root, &data.task, &data.train_split)?,
-                vtab::open_named(&data.root, &data.task, &data.eval_split)?,
-                data.root.join(info.name),
-            )
-        }
-        DataFormat::Fgvc => {
-            let info = fgvc::dataset(&data.task)?;
-            let dir = data.root.join(info.name);
-            let set = Fgvc::open(&dir, info)?;
-            (set.split(&data.train_split)?, set.split(&data.eval_split)?, dir)
-        }
-    };
-    let manifest = dir.join(vapt_data::verify::MANIFEST);
-    let sha = std::fs::read(&manifest)
-        .ok()
-        .map(|b| vapt_vit::weights::hex_sha256(&b));
-    Ok((train, eval, sha))
+    let task = Task::open(data)?;
+    Ok((
+        task.split(&data.train_split)?,
+        task.split(&data.eval_split)?,
+        task.manifest_sha256(),
+    ))
 }
 
 /// The backbone a configuration names: loaded weights, or a random one of `variant`.
