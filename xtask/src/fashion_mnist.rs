@@ -11,18 +11,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+const APT_HINT: &str = "install it with `apt-get install dataset-fashion-mnist`";
+
 /// Default location of the Debian package's files.
 pub const DEFAULT_SRC: &str = "/usr/share/datasets/fashion-mnist";
 
 fn read_gz(path: &Path) -> Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| {
-        format!(
-            "{}: cannot open (install it with `apt-get install dataset-fashion-mnist`)",
-            path.display()
-        )
-    })?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{}: cannot open ({APT_HINT})", path.display()))?;
+    gunzip(path, &bytes)
+}
+
+/// Decompresses the gzip `bytes` read from `path`.
+pub(crate) fn gunzip(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(file)
+    flate2::read::GzDecoder::new(bytes)
         .read_to_end(&mut out)
         .with_context(|| format!("{}: not a gzip file", path.display()))?;
     Ok(out)

