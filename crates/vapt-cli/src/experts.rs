@@ -12,7 +12,7 @@ use vapt_vit::VitConfig;
 
 use crate::device::Job;
 
-fn parse_method(s: &str) -> Result<Method, String> {
+pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     s.parse().map_err(|e: vapt_experts::ConfigError| e.to_string())
 }
 

@@ -271,7 +271,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Keeps freed tensor buffers in the process instead of handing them back to the kernel.
+///
+/// glibc serves blocks above a dynamic threshold (128 KiB to start) with fresh `mmap`s and returns
+/// them on `free`, so every activation buffer of a ViT step is page-faulted and zeroed by the kernel
+/// again: 12 % of a ViT-B/16 VAPT train step on CPU went to `clear_page`. Raising the mmap
+/// threshold to its maximum (32 MiB) and never trimming the heap makes those buffers reusable
+/// (measured: eval forward at batch 8 from 4.0 s to 2.8 s). Memory the process has used stays
+/// mapped until it exits.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's malloc parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -110,6 +110,8 @@ pub struct AdaptiveGenerator<B: Backend> {
     pub padding: usize,
     /// Dropout2d probability on the conv output.
     pub conv_dropout: f64,
+    /// Epsilon of `norm`.
+    pub norm_eps: f64,
 }
 
 /// Intermediates of one generator call, for parity checks.
@@ -133,7 +135,9 @@ impl<B: Backend> AdaptiveGenerator<B> {
     ) -> (Tensor<B, 3>, Option<GeneratorTrace<B>>) {
         let [b, n, d] = patches.dims();
         let g = self.grid;
-        let z = self.norm.forward(patches).swap_dims(1, 2); // [B, D, N], F[b, c, r·g + q]
+        let z = vapt_vit::model::layer_norm(&self.norm, self.norm_eps, patches);
+        // Channel-first [B, D, N], F[b, c, r·g + q], materialised once (a row copy on Flex).
+        let z = vapt_vit::kernels::swap_dims_12(z.reshape([b, n, d, 1])).reshape([b, d, n]);
         let (f, norm_grid, conv_out) = match &self.conv {
             Some(kernel) => {
                 let grid = z.reshape([b, d, g, g]);
@@ -332,6 +336,7 @@ impl<B: Backend> PromptedVit<B> {
                 grid: vit.grid(),
                 padding: c.padding,
                 conv_dropout: c.conv_dropout,
+                norm_eps: c.norm_eps,
             })
             .collect::<Vec<_>>();
         let shared_mlp = (c.feat_projector && c.share_projector && !generators.is_empty())

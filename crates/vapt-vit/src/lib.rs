@@ -11,6 +11,7 @@
 //! * [`PretrainedCfg`] — where the weights came from (SHA-256) and the input recipe (mean/std).
 
 pub mod config;
+pub mod kernels;
 pub mod model;
 pub mod pretrained;
 pub mod weights;

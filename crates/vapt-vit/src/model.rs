@@ -12,7 +12,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
@@ -24,8 +24,12 @@ use crate::config::VitConfig;
 /// differentiates the *tanh approximation* (measured: 3e-4 relative error against the exact
 /// derivative), while Flex and LibTorch override it with the exact one. On other autodiff backends
 /// GELU is therefore composed as `x · ½(1 + erf(x/√2))`, whose backward goes through `erf`'s exact
-/// derivative; everywhere else the fused kernel is used.
+/// derivative; everywhere else the fused kernel is used. On Flex (CPU) it is vapt's own fused,
+/// vectorised kernel ([`crate::kernels::gelu`]).
 pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if crate::kernels::fused_on::<B>() {
+        return crate::kernels::gelu(x);
+    }
     let device = x.device();
     if !B::ad_enabled(&device) || fused_gelu_backward_is_exact(&B::name(&device)) {
         return gelu(x);
@@ -37,6 +41,33 @@ pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         .add_scalar(1.0)
         .mul_scalar(0.5);
     x * cdf
+}
+
+/// A linear layer on `[B, T, D]` tokens as one `[B·T, D]` matrix product.
+///
+/// Burn's `Linear` on a rank-3 input broadcasts the weight into a batched product: B small matrix
+/// products instead of one large one and, when the weight trains, B weight gradients that are then
+/// summed. Flattening first gives one product and one weight gradient; same numbers.
+pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = layer.forward(x.reshape([b * t, d]));
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
+/// `norm(x)`, through vapt's fused kernel on Flex ([`crate::kernels::layer_norm`]); `eps` must be
+/// the one `norm` was built with.
+pub fn layer_norm<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    eps: f64,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    match &norm.beta {
+        Some(beta) if crate::kernels::fused_on::<B>() => {
+            crate::kernels::layer_norm(x, norm.gamma.val(), beta.val(), eps)
+        }
+        _ => norm.forward(x),
+    }
 }
 
 /// Backends (by `Backend::name`) whose fused `gelu_backward` is the exact derivative.
@@ -101,16 +132,17 @@ impl<B: Backend> Attention<B> {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let hd = d / h;
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, h, hd]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)).div_scalar((hd as f64).sqrt());
-        let probs = softmax(scores, 3);
+        // Heads split into contiguous [B, H, T, hd] (one row copy on Flex, see `kernels`).
+        let split = |y: Tensor<B, 3>| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
+        let q = split(linear_tokens(&self.query, x.clone()));
+        let k = split(linear_tokens(&self.key, x.clone()));
+        let v = split(linear_tokens(&self.value, x));
+        // softmax(q·kᵀ / √hd), the scaling fused into the softmax (one pass on Flex).
+        let probs = crate::kernels::scaled_softmax(q.matmul(k.swap_dims(2, 3)), 1.0 / (hd as f32).sqrt());
         let kept = keep_probs.then(|| probs.clone());
         let ctx = self.attn_drop.forward(probs).matmul(v);
-        let ctx = ctx.swap_dims(1, 2).reshape([b, t, d]);
-        (self.proj_drop.forward(self.out.forward(ctx)), kept)
+        let ctx = crate::kernels::swap_dims_12(ctx).reshape([b, t, d]);
+        (self.proj_drop.forward(linear_tokens(&self.out, ctx)), kept)
     }
 }
 
@@ -128,8 +160,8 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu_exact(self.fc1.forward(x)));
-        self.drop.forward(self.fc2.forward(x))
+        let x = self.drop.forward(gelu_exact(linear_tokens(&self.fc1, x)));
+        self.drop.forward(linear_tokens(&self.fc2, x))
     }
 }
 
@@ -144,6 +176,8 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     /// The MLP (`MlpBlock_3`).
     pub mlp: Mlp<B>,
+    /// Epsilon of both LayerNorms (Burn's `LayerNorm` keeps its own private).
+    pub norm_eps: f64,
 }
 
 impl<B: Backend> Block<B> {
@@ -160,9 +194,11 @@ impl<B: Backend> Block<B> {
     }
 
     fn forward_impl(&self, x: Tensor<B, 3>, keep: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (a, probs) = self.attn.forward(self.norm1.forward(x.clone()), keep);
+        let (a, probs) = self
+            .attn
+            .forward(layer_norm(&self.norm1, self.norm_eps, x.clone()), keep);
         let x = x + a;
-        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
+        let x = x.clone() + self.mlp.forward(layer_norm(&self.norm2, self.norm_eps, x));
         (x, probs)
     }
 }
@@ -214,6 +250,7 @@ impl VitConfig {
                     heads: self.heads,
                 },
                 norm2: norm(),
+                norm_eps: self.layer_norm_eps,
                 mlp: Mlp {
                     fc1: linear(d, self.mlp_dim),
                     fc2: linear(self.mlp_dim, d),
