@@ -1,10 +1,12 @@
-//! Fused CPU kernels for the Flex backend: exact GELU and scaled softmax, forward and backward.
+//! Fused CPU kernels for the Flex backend: exact GELU, scaled softmax, LayerNorm and the attention
+//! head split/merge copy, forward and backward.
 //!
 //! Burn 0.21's Flex backend computes GELU with a scalar, single-threaded `erff` per element and
 //! softmax as five separate tensor ops (max, sub, exp, sum, div), each with its own allocation; in
 //! training, autodiff adds the backward of each. Profiling a ViT-B/16 VAPT train step at batch 8 put
 //! GELU (forward + backward) at about a fifth of the step and softmax with its scaling at about an
-//! eighth. The functions here keep the model generic over `B: Backend`: for `Flex` and
+//! eighth; LayerNorm's decomposed autodiff backward and Flex's element-wise strided copies
+//! followed. The functions here keep the model generic over `B: Backend`: for `Flex` and
 //! `Autodiff<Flex>` on contiguous f32 data they run one fused, vectorised (AVX-512 / AVX2 picked at
 //! run time), multi-threaded (rayon) pass per direction; on every other backend, dtype or layout
 //! they fall back to Burn's own ops. The GELU here uses the Abramowitz–Stegun 7.1.26 erf (absolute
