@@ -48,21 +48,19 @@ fn vapt(sub: &str, args: &[String]) -> Result<()> {
 fn vapt_command() -> Command {
     match std::env::var_os("VAPT_BIN") {
         Some(bin) => Command::new(bin),
-        None => {
-            let mut c = cargo();
-            c.args([
-                "run",
-                "--release",
-                "--quiet",
-                "-p",
-                "vapt-cli",
-                "--bin",
-                "vapt",
-                "--",
-            ]);
-            c
-        }
+        None => vapt_release_command(&[]),
     }
+}
+
+/// `cargo run --release -p vapt-cli --bin vapt` with `features`, ready for `vapt`'s arguments.
+fn vapt_release_command(features: &[&str]) -> Command {
+    let mut c = cargo();
+    c.args(["run", "--release", "--quiet", "-p", "vapt-cli"]);
+    if !features.is_empty() {
+        c.args(["--features", &features.join(",")]);
+    }
+    c.args(["--bin", "vapt", "--"]);
+    c
 }
 
 /// Like [`vapt_raw`], returning stdout.
@@ -96,27 +94,9 @@ fn default_train() -> Result<()> {
         return vapt_raw(&a);
     }
     eprintln!("xtask: device cuda (nvidia-smi found)");
-    run(vapt_cuda_command()
+    run(vapt_release_command(&["cuda"])
         .args(["--device", "cuda", "train"])
         .args(&args))
-}
-
-/// `cuda` build of `vapt` (release), as a command ready for arguments.
-fn vapt_cuda_command() -> Command {
-    let mut c = cargo();
-    c.args([
-        "run",
-        "--release",
-        "--quiet",
-        "-p",
-        "vapt-cli",
-        "--features",
-        "cuda",
-        "--bin",
-        "vapt",
-        "--",
-    ]);
-    c
 }
 
 /// FLOP per image the MFU convention uses: a VAPT train step ≈ 35 GFLOP, a forward ≈ 17.6.
@@ -142,7 +122,7 @@ fn bench_gpu(args: &[String]) -> Result<()> {
             rest.push(a.clone());
         }
     }
-    let mut cmd = vapt_cuda_command();
+    let mut cmd = vapt_release_command(&["cuda"]);
     cmd.args([
         "--device",
         "cuda",

@@ -343,7 +343,7 @@ mod flex {
         FlexTensor::from_data(burn::tensor::TensorData::new(data, t.layout().shape().clone()))
     }
 
-    fn uninit(n: usize) -> Vec<f32> {
+    fn zeroed(n: usize) -> Vec<f32> {
         vec![0.0; n]
     }
 
@@ -420,7 +420,7 @@ mod flex {
 
     fn gelu_forward(x: &FlexTensor) -> Option<FlexTensor> {
         let xs = f32_slice(x)?;
-        let mut y = uninit(xs.len());
+        let mut y = zeroed(xs.len());
         y.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
             .for_each(|(o, i)| gelu_chunk(i, o));
@@ -432,7 +432,7 @@ mod flex {
         let (Some(xs), Some(gs)) = (f32_slice(x), f32_slice(&grad)) else {
             return <Flex as ActivationOps<Flex>>::gelu_backward(x.clone(), grad);
         };
-        let mut dx = uninit(xs.len());
+        let mut dx = zeroed(xs.len());
         dx.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
             .for_each(|(o, (i, g))| gelu_grad_chunk(i, g, o));
@@ -451,7 +451,7 @@ mod flex {
         if len == 0 {
             return None;
         }
-        let mut y = uninit(xs.len());
+        let mut y = zeroed(xs.len());
         let step = rows_per_task(len) * len;
         y.par_chunks_mut(step)
             .zip(xs.par_chunks(step))
@@ -465,7 +465,7 @@ mod flex {
         let (Some(ys), Some(gs)) = (f32_slice(y), f32_slice(&grad)) else {
             unreachable!("softmax state and gradient are contiguous f32")
         };
-        let mut dx = uninit(ys.len());
+        let mut dx = zeroed(ys.len());
         let step = rows_per_task(len) * len;
         dx.par_chunks_mut(step)
             .zip(ys.par_chunks(step).zip(gs.par_chunks(step)))
@@ -538,7 +538,7 @@ mod flex {
             return None;
         }
         let rows = xs.len() / len;
-        let mut y = uninit(xs.len());
+        let mut y = zeroed(xs.len());
         let mut stats = vec![[0.0f32; 2]; rows];
         let per = rows_per_task(len);
         y.par_chunks_mut(per * len)
@@ -558,7 +558,7 @@ mod flex {
         };
         let len = gamma.len();
         let per = rows_per_task(len);
-        let mut dx = uninit(xs.len());
+        let mut dx = zeroed(xs.len());
         // One (dgamma, dbeta) accumulator per task, summed afterwards.
         let partial: Vec<Vec<f32>> = dx
             .par_chunks_mut(per * len)
@@ -683,7 +683,7 @@ mod flex {
     fn gather4(src: &[f32], base: usize, dims: [usize; 4], strides: [usize; 4]) -> Vec<f32> {
         let [a, b, c, d] = dims;
         let [s0, s1, s2, s3] = strides;
-        let mut out = uninit(a * b * c * d);
+        let mut out = zeroed(a * b * c * d);
         if d == 0 {
             return out;
         }
@@ -772,34 +772,8 @@ mod flex {
     }
 
     pub fn swap12<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-        if !serves::<B>() {
-            return Err(x);
-        }
-        let p = match cast::<B::FloatTensorPrimitive, FlexTensor>(prim(x)) {
-            Ok(t) => {
-                return match swap12_copy(&t) {
-                    Some(y) => Ok(rebuild(back(y))),
-                    None => Err(rebuild(back(t))),
-                }
-            }
-            Err(p) => p,
-        };
-        let ad = match cast::<B::FloatTensorPrimitive, AdTensor>(p) {
-            Ok(ad) => ad,
-            Err(p) => return Err(rebuild(p)),
-        };
-        let Some(y) = swap12_copy(&ad.primitive) else {
-            return Err(rebuild(back(ad)));
-        };
-        let out = match Swap12Op
-            .prepare::<NoCheckpointing>([ad.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish((), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Ok(rebuild(back(out)))
+        // The copy reads any strides itself: no `dense` first.
+        apply(x, |t| t, swap12_copy, Swap12Op, |_, _| ())
     }
 
     #[derive(Debug)]
@@ -827,24 +801,27 @@ mod flex {
         }
     }
 
-    /// Applies `kernel` to a Flex or Autodiff<Flex> tensor; gives the tensor back otherwise.
-    fn apply<B: Backend, const D: usize, BO>(
+    /// Applies `kernel` to a Flex or Autodiff<Flex> tensor (after `prepare`, e.g. [`dense`]) and,
+    /// under autodiff, registers `op` with the state `state(input, output)`; gives the tensor back
+    /// on any other backend or when the kernel declines.
+    fn apply<B: Backend, const D: usize, S, BO>(
         x: Tensor<B, D>,
+        prepare: impl Fn(FlexTensor) -> FlexTensor,
         kernel: impl Fn(&FlexTensor) -> Option<FlexTensor>,
         op: BO,
-        state_is_output: bool,
+        state: impl FnOnce(&FlexTensor, &FlexTensor) -> S,
     ) -> Result<Tensor<B, D>, Tensor<B, D>>
     where
-        BO: Backward<Flex, 1, State = FlexTensor>,
+        S: Clone + Send + std::fmt::Debug + 'static,
+        BO: Backward<Flex, 1, State = S>,
     {
         if !serves::<B>() {
             return Err(x);
         }
-        let p = prim(x);
         let rebuild = rebuild::<B, D>;
-        let p = match cast::<B::FloatTensorPrimitive, FlexTensor>(p) {
+        let p = match cast::<B::FloatTensorPrimitive, FlexTensor>(prim(x)) {
             Ok(t) => {
-                let t = dense(t);
+                let t = prepare(t);
                 return match kernel(&t) {
                     Some(y) => Ok(rebuild(back(y))),
                     None => Err(rebuild(back(t))),
@@ -852,12 +829,11 @@ mod flex {
             }
             Err(p) => p,
         };
-        let ad = match cast::<B::FloatTensorPrimitive, AdTensor>(p) {
+        let mut ad = match cast::<B::FloatTensorPrimitive, AdTensor>(p) {
             Ok(ad) => ad,
             Err(p) => return Err(rebuild(p)),
         };
-        let mut ad = ad;
-        ad.primitive = dense(ad.primitive);
+        ad.primitive = prepare(ad.primitive);
         let Some(y) = kernel(&ad.primitive) else {
             return Err(rebuild(back(ad)));
         };
@@ -867,11 +843,7 @@ mod flex {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = if state_is_output {
-                    y.clone()
-                } else {
-                    ad.primitive.clone()
-                };
+                let state = state(&ad.primitive, &y);
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(y),
@@ -888,14 +860,20 @@ mod flex {
     }
 
     pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        apply(x, gelu_forward, GeluOp, false)
+        apply(x, dense, gelu_forward, GeluOp, |input, _| input.clone())
     }
 
     pub fn scaled_softmax<B: Backend, const D: usize>(
         x: Tensor<B, D>,
         scale: f32,
     ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        apply(x, |t| softmax_forward(t, scale), SoftmaxOp(scale), true)
+        apply(
+            x,
+            dense,
+            |t| softmax_forward(t, scale),
+            SoftmaxOp(scale),
+            |_, output| output.clone(),
+        )
     }
 }
 
