@@ -80,14 +80,15 @@ impl<B: Backend> ProjectorMlp<B> {
     }
 }
 
-/// Dropout2d on `[B, C, S]`: zeroes whole (sample, channel) maps with probability `p` and scales the
-/// survivors by 1/(1−p). Like Burn's `Dropout`, active only on an autodiff backend.
+/// Dropout2d on channels-last maps `[B, S, C]`: zeroes whole (sample, channel) maps with
+/// probability `p` and scales the survivors by 1/(1−p). Like Burn's `Dropout`, active only on an
+/// autodiff backend.
 pub fn dropout2d<B: Backend>(x: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
     if p == 0.0 || !B::ad_enabled(&x.device()) {
         return x;
     }
-    let [b, c, _] = x.dims();
-    let keep = Tensor::<B, 3>::random([b, c, 1], Distribution::Bernoulli(1.0 - p), &x.device());
+    let [b, _, c] = x.dims();
+    let keep = Tensor::<B, 3>::random([b, 1, c], Distribution::Bernoulli(1.0 - p), &x.device());
     x * keep.div_scalar(1.0 - p)
 }
 
@@ -135,29 +136,33 @@ impl<B: Backend> AdaptiveGenerator<B> {
     ) -> (Tensor<B, 3>, Option<GeneratorTrace<B>>) {
         let [b, n, d] = patches.dims();
         let g = self.grid;
+        // Token-major throughout: the patch tokens [B, N, D] are the channels-last grid
+        // [B, g, g, D], and U = W·F is one product per sample with no transposes.
         let z = vapt_vit::model::layer_norm(&self.norm, self.norm_eps, patches);
-        // Channel-first [B, D, N], F[b, c, r·g + q], materialised once (a row copy on Flex).
-        let z = vapt_vit::kernels::swap_dims_12(z.reshape([b, n, d, 1])).reshape([b, d, n]);
-        let (f, norm_grid, conv_out) = match &self.conv {
+        let (f, conv_out) = match &self.conv {
             Some(kernel) => {
-                let grid = z.reshape([b, d, g, g]);
-                let conv = self.depthwise(grid.clone(), kernel.val());
-                let go = conv.dims()[2];
-                let f = dropout2d(conv.clone().reshape([b, d, go * go]), self.conv_dropout);
-                (f, grid, Some(conv))
+                let conv = vapt_vit::kernels::depthwise_conv(
+                    z.clone().reshape([b, g, g, d]),
+                    kernel.val(),
+                    self.padding,
+                );
+                let go = conv.dims()[1];
+                let f = dropout2d(conv.clone().reshape([b, go * go, d]), self.conv_dropout);
+                (f, Some(conv))
             }
-            None => (z.clone(), z.reshape([b, d, 1, n]), None),
+            None => (z.clone(), None),
         };
-        // U[b, j, c] = Σ_s F[b, c, s] · W[j, s] + bias[j]
-        let u = linear(
-            f,
-            self.token_proj_weight.val().transpose(),
-            Some(self.token_proj_bias.val()),
-        );
-        let u = u.swap_dims(1, 2);
+        // U[b, j, c] = Σ_s W[j, s] · F[b, s, c] + bias[j]
+        let [np, _] = self.token_proj_weight.dims();
+        let u = self.token_proj_weight.val().unsqueeze::<3>().matmul(f)
+            + self.token_proj_bias.val().reshape([1, np, 1]);
         let trace = keep.then(|| GeneratorTrace {
-            norm_grid,
-            conv: conv_out,
+            // The fixtures' channel-first layout.
+            norm_grid: match conv_out {
+                Some(_) => z.clone().reshape([b, g, g, d]).permute([0, 3, 1, 2]),
+                None => z.clone().swap_dims(1, 2).reshape([b, d, 1, n]),
+            },
+            conv: conv_out.map(|c| c.permute([0, 3, 1, 2])),
             token_proj: u.clone(),
         });
         let p = match self.mlp.as_ref().or(shared) {
@@ -165,40 +170,6 @@ impl<B: Backend> AdaptiveGenerator<B> {
             None => u,
         };
         (p, trace)
-    }
-
-    /// Depth-wise cross-correlation, stride 1, zero padding, no bias, as a sum of K² shifted
-    /// windows. `kernel` is `[1 | D, K, K]`.
-    fn depthwise(&self, grid: Tensor<B, 4>, kernel: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, d, g, _] = grid.dims();
-        let [kc, k, _] = kernel.dims();
-        let p = self.padding;
-        let grid = if p > 0 {
-            let device = grid.device();
-            let side = Tensor::zeros([b, d, g, p], &device);
-            let wide = Tensor::cat(vec![side.clone(), grid, side], 3);
-            let top = Tensor::zeros([b, d, p, g + 2 * p], &device);
-            Tensor::cat(vec![top.clone(), wide, top], 2)
-        } else {
-            grid
-        };
-        let go = g + 2 * p + 1 - k;
-        let mut acc: Option<Tensor<B, 4>> = None;
-        for dy in 0..k {
-            for dx in 0..k {
-                let tap = kernel
-                    .clone()
-                    .slice([0..kc, dy..dy + 1, dx..dx + 1])
-                    .reshape([1, kc, 1, 1]);
-                let window = grid.clone().slice([0..b, 0..d, dy..dy + go, dx..dx + go]);
-                let term = window * tap;
-                acc = Some(match acc {
-                    Some(a) => a + term,
-                    None => term,
-                });
-            }
-        }
-        acc.unwrap_or_else(|| unreachable!("kernel side is validated to be >= 1"))
     }
 }
 

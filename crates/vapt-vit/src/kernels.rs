@@ -71,6 +71,95 @@ pub fn swap_dims_12<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     x.swap_dims(1, 2)
 }
 
+/// `x·weight + bias` (`x` `[M, K]`, `weight` `[K, N]`), Burn's `linear`. On Flex the bias is the
+/// product's starting value and the output is written once (see `linalg`); the backward computes
+/// only the gradients that are tracked.
+pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 2> {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, weight, bias) = match bias {
+        Some(b) => match linalg::linear(x, weight, b) {
+            Ok(y) => return y,
+            Err((x, w, b)) => (x, w, Some(b)),
+        },
+        None => (x, weight, None),
+    };
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// The attention core, `softmax(q·kᵀ·scale)·v` for each of `heads` heads, on `[B, T, heads·hd]`
+/// queries, keys and values; returns the context in the same layout (heads merged).
+///
+/// On Flex one task per (batch, head) computes the scores, the softmax and the product with `v` on
+/// a block that stays in cache, reading q/k/v and writing the context in place (no head split or
+/// merge copies); the backward likewise. Elsewhere it is the usual split → matmul → softmax →
+/// matmul → merge.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    heads: usize,
+    scale: f32,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu-kernels")]
+    let (q, k, v) = match linalg::attention(q, k, v, heads, scale) {
+        Ok(ctx) => return ctx,
+        Err(back) => back,
+    };
+    let [b, t, d] = q.dims();
+    let split = |y: Tensor<B, 3>| swap_dims_12(y.reshape([b, t, heads, d / heads]));
+    let probs = scaled_softmax(split(q).matmul(split(k).swap_dims(2, 3)), scale);
+    swap_dims_12(probs.matmul(split(v))).reshape([b, t, d])
+}
+
+/// Depth-wise cross-correlation on a channels-last grid: `x` `[B, H, W, C]`, `kernel` `[1 | C, K,
+/// K]` (one kernel shared by all channels, or one per channel), stride 1, zero padding `padding`
+/// on every side, no bias; returns `[B, H + 2p − K + 1, W + 2p − K + 1, C]`.
+///
+/// On Flex one pass per output row (forward) or input row (backward), vectorised over the
+/// channels; elsewhere a sum of K² shifted windows. The caller checks that the kernel fits.
+pub fn depthwise_conv<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 3>, padding: usize) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, kernel) = match conv::depthwise(x, kernel, padding) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    shifted_windows_conv(x, kernel, padding)
+}
+
+/// [`depthwise_conv`] as Burn ops: a sum of K² shifted windows, each scaled by its tap.
+fn shifted_windows_conv<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 3>, padding: usize) -> Tensor<B, 4> {
+    let [b, h, w, c] = x.dims();
+    let [kc, k, _] = kernel.dims();
+    let p = padding;
+    let x = if p > 0 {
+        let device = x.device();
+        let side = Tensor::zeros([b, h, p, c], &device);
+        let wide = Tensor::cat(vec![side.clone(), x, side], 2);
+        let top = Tensor::zeros([b, p, w + 2 * p, c], &device);
+        Tensor::cat(vec![top.clone(), wide, top], 1)
+    } else {
+        x
+    };
+    let (ho, wo) = (h + 2 * p + 1 - k, w + 2 * p + 1 - k);
+    // [kc, K, K] → taps [K, K, kc], each broadcast over the channels.
+    let taps = kernel.permute([1, 2, 0]);
+    let mut acc: Option<Tensor<B, 4>> = None;
+    for dy in 0..k {
+        for dx in 0..k {
+            let tap = taps
+                .clone()
+                .slice([dy..dy + 1, dx..dx + 1, 0..kc])
+                .reshape([1, 1, 1, kc]);
+            let term = x.clone().slice([0..b, dy..dy + ho, dx..dx + wo, 0..c]) * tap;
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+    }
+    acc.unwrap_or_else(|| x.slice([0..b, 0..0, 0..0, 0..c]))
+}
+
 /// Whether the fused kernels serve backend `B` (f32 tensors assumed).
 pub fn fused_on<B: Backend>() -> bool {
     #[cfg(feature = "cpu-kernels")]
@@ -91,7 +180,11 @@ pub(crate) mod math {
     pub fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.336_55, 88.722_83);
         // n = round(x / ln 2) with the 1.5·2²³ trick (round half to even, no branch).
-        let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+        // The integer n sits in the low mantissa bits of the shifted sum: reading it from the bits
+        // keeps the loop in vector registers (an `as i32` cast saturates lane by lane).
+        let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+        let n = shifted - 12_582_912.0;
+        let ni = shifted.to_bits() as i32 - 0x4B40_0000;
         let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
         let p = 1.987_569_1e-4_f32;
         let p = p * r + 1.398_199_9e-3;
@@ -102,7 +195,6 @@ pub(crate) mod math {
         let y = p * r * r + r + 1.0;
         // 2^n, n in [-126, 128]: build the exponent bits (n = 128 only when x ≥ 88.72, where the
         // product with y < 1 still fits below f32::MAX).
-        let ni = n as i32;
         let half = ni >> 1;
         let a = f32::from_bits(((half + 127) as u32) << 23);
         let b = f32::from_bits(((ni - half + 127) as u32) << 23);
@@ -171,21 +263,21 @@ pub(crate) mod math {
         acc.iter().sum::<f32>() + tail
     }
 
-    /// `y = softmax(x·scale)` for one row.
+    /// `row = softmax(row·scale)`, in place.
     #[inline(always)]
-    pub fn softmax_row(x: &[f32], y: &mut [f32], scale: f32) {
+    pub fn softmax_row_in_place(row: &mut [f32], scale: f32) {
         // max(x·s) = s·max(x) for s > 0, s·min(x) otherwise; scale is positive in attention.
         let m = if scale >= 0.0 {
-            row_max(x) * scale
+            row_max(row) * scale
         } else {
-            -row_max_neg(x) * scale
+            -row_max_neg(row) * scale
         };
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o = exp(v * scale - m);
+        for v in row.iter_mut() {
+            *v = exp(*v * scale - m);
         }
-        let inv = 1.0 / row_sum(y);
-        for o in y.iter_mut() {
-            *o *= inv;
+        let inv = 1.0 / row_sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
         }
     }
 
@@ -262,9 +354,10 @@ pub(crate) mod math {
         }
     }
 
-    /// `dx = scale · y ⊙ (g − Σ g⊙y)` for one row (the backward of [`softmax_row`]).
+    /// `g ← scale · y ⊙ (g − Σ g⊙y)` for one row, in place (the backward of
+    /// [`softmax_row_in_place`]).
     #[inline(always)]
-    pub fn softmax_grad_row(y: &[f32], g: &[f32], dx: &mut [f32], scale: f32) {
+    pub fn softmax_grad_row_in_place(y: &[f32], g: &mut [f32], scale: f32) {
         let mut acc = [0.0f32; LANES];
         let mut yc = y.chunks_exact(LANES);
         let mut gc = g.chunks_exact(LANES);
@@ -280,11 +373,16 @@ pub(crate) mod math {
             .map(|(a, b)| a * b)
             .sum();
         let dot = acc.iter().sum::<f32>() + tail;
-        for ((o, &yv), &gv) in dx.iter_mut().zip(y).zip(g) {
-            *o = scale * yv * (gv - dot);
+        for (o, &yv) in g.iter_mut().zip(y) {
+            *o = scale * yv * (*o - dot);
         }
     }
 }
+
+#[cfg(feature = "cpu-kernels")]
+mod conv;
+#[cfg(feature = "cpu-kernels")]
+mod linalg;
 
 #[cfg(feature = "cpu-kernels")]
 mod flex {
@@ -332,7 +430,7 @@ mod flex {
     }
 
     /// Contiguous f32 slice of a Flex tensor, if it has one.
-    fn f32_slice(t: &FlexTensor) -> Option<&[f32]> {
+    pub(super) fn f32_slice(t: &FlexTensor) -> Option<&[f32]> {
         if t.dtype() != DType::F32 {
             return None;
         }
@@ -350,8 +448,8 @@ mod flex {
     /// Defines `fn $name(..)` that runs `$body` compiled for AVX-512F, for AVX2 + FMA, or for the
     /// baseline, whichever is the widest the CPU offers (checked at run time; cached by std).
     macro_rules! multiversion {
-        (fn $name:ident($($p:ident: $t:ty),* $(,)?) $body:block) => {
-            fn $name($($p: $t),*) {
+        ($vis:vis fn $name:ident($($p:ident: $t:ty),* $(,)?) $body:block) => {
+            $vis fn $name($($p: $t),*) {
                 #[inline(always)]
                 fn body($($p: $t),*) $body
                 #[cfg(target_arch = "x86_64")]
@@ -399,21 +497,17 @@ mod flex {
     );
 
     multiversion!(
-        fn softmax_rows(x: &[f32], y: &mut [f32], len: usize, scale: f32) {
-            for (xr, yr) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)) {
-                math::softmax_row(xr, yr, scale);
+        pub(super) fn softmax_rows_in_place(x: &mut [f32], len: usize, scale: f32) {
+            for row in x.chunks_exact_mut(len) {
+                math::softmax_row_in_place(row, scale);
             }
         }
     );
 
     multiversion!(
-        fn softmax_grad_rows(y: &[f32], g: &[f32], dx: &mut [f32], len: usize, scale: f32) {
-            for ((yr, gr), dr) in y
-                .chunks_exact(len)
-                .zip(g.chunks_exact(len))
-                .zip(dx.chunks_exact_mut(len))
-            {
-                math::softmax_grad_row(yr, gr, dr, scale);
+        pub(super) fn softmax_grad_rows_in_place(y: &[f32], g: &mut [f32], len: usize, scale: f32) {
+            for (yr, gr) in y.chunks_exact(len).zip(g.chunks_exact_mut(len)) {
+                math::softmax_grad_row_in_place(yr, gr, scale);
             }
         }
     );
@@ -440,7 +534,7 @@ mod flex {
     }
 
     /// Rows per parallel task of the row-wise kernels: about `CHUNK` elements.
-    fn rows_per_task(len: usize) -> usize {
+    pub(super) fn rows_per_task(len: usize) -> usize {
         (CHUNK / len.max(1)).max(1)
     }
 
@@ -451,11 +545,10 @@ mod flex {
         if len == 0 {
             return None;
         }
-        let mut y = zeroed(xs.len());
+        let mut y = xs.to_vec();
         let step = rows_per_task(len) * len;
         y.par_chunks_mut(step)
-            .zip(xs.par_chunks(step))
-            .for_each(|(o, i)| softmax_rows(i, o, len, scale));
+            .for_each(|o| softmax_rows_in_place(o, len, scale));
         Some(new_like(x, y))
     }
 
@@ -465,11 +558,11 @@ mod flex {
         let (Some(ys), Some(gs)) = (f32_slice(y), f32_slice(&grad)) else {
             unreachable!("softmax state and gradient are contiguous f32")
         };
-        let mut dx = zeroed(ys.len());
+        let mut dx = gs.to_vec();
         let step = rows_per_task(len) * len;
         dx.par_chunks_mut(step)
-            .zip(ys.par_chunks(step).zip(gs.par_chunks(step)))
-            .for_each(|(o, (yc, gc))| softmax_grad_rows(yc, gc, o, len, scale));
+            .zip(ys.par_chunks(step))
+            .for_each(|(o, yc)| softmax_grad_rows_in_place(yc, o, len, scale));
         new_like(y, dx)
     }
 
@@ -607,56 +700,99 @@ mod flex {
         beta: Tensor<B, 1>,
         eps: f32,
     ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, 1>, Tensor<B, 1>)> {
-        if !serves::<B>() {
-            return Err((x, gamma, beta));
-        }
-        let (px, pg, pb) = (prim(x), prim(gamma), prim(beta));
-        let give_back = |px, pg, pb| Err((rebuild::<B, D>(px), rebuild::<B, 1>(pg), rebuild::<B, 1>(pb)));
-        let (px, pg, pb) = match (
-            cast::<_, FlexTensor>(px),
-            cast::<_, FlexTensor>(pg),
-            cast::<_, FlexTensor>(pb),
-        ) {
-            (Ok(x), Ok(g), Ok(b)) => {
-                let x = dense(x);
-                return match layer_norm_forward(&x, &g, &b, eps) {
-                    Some((y, _)) => Ok(rebuild(back(y))),
-                    None => give_back(back(x), back(g), back(b)),
-                };
-            }
-            (px, pg, pb) => (unify(px), unify(pg), unify(pb)),
-        };
-        let (ax, ag, ab) = match (
-            cast::<_, AdTensor>(px),
-            cast::<_, AdTensor>(pg),
-            cast::<_, AdTensor>(pb),
-        ) {
-            (Ok(mut x), Ok(g), Ok(b)) => {
-                x.primitive = dense(x.primitive);
-                (x, g, b)
-            }
-            (px, pg, pb) => return give_back(unify_ad(px), unify_ad(pg), unify_ad(pb)),
-        };
-        let Some((y, stats)) = layer_norm_forward(&ax.primitive, &ag.primitive, &ab.primitive, eps) else {
-            return give_back(back(ax), back(ag), back(ab));
-        };
-        let nodes = [ax.node.clone(), ag.node.clone(), ab.node.clone()];
-        let out = match LayerNormOp
-            .prepare::<NoCheckpointing>(nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
+        apply3(
+            (x, gamma, beta),
+            |x, gamma, beta| {
+                let (y, stats) = layer_norm_forward(x, gamma, beta, eps)?;
                 let state = LayerNormState {
-                    x: ax.primitive.clone(),
-                    gamma: ag.primitive.clone(),
+                    x: x.clone(),
+                    gamma: gamma.clone(),
                     stats: std::sync::Arc::new(stats),
                 };
-                prep.finish(state, y)
-            }
+                Some((y, state))
+            },
+            LayerNormOp,
+        )
+    }
+
+    /// The three-input form of [`apply`] (see [`apply_n`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn apply3<B, const D0: usize, const D1: usize, const D2: usize, const DO: usize, S, BO>(
+        (x0, x1, x2): (Tensor<B, D0>, Tensor<B, D1>, Tensor<B, D2>),
+        kernel: impl Fn(&FlexTensor, &FlexTensor, &FlexTensor) -> Option<(FlexTensor, S)>,
+        op: BO,
+    ) -> Result<Tensor<B, DO>, (Tensor<B, D0>, Tensor<B, D1>, Tensor<B, D2>)>
+    where
+        B: Backend,
+        S: Clone + Send + std::fmt::Debug + 'static,
+        BO: Backward<Flex, 3, State = S>,
+    {
+        match apply_n::<B, 3, S, BO>([prim(x0), prim(x1), prim(x2)], |[a, b, c]| kernel(a, b, c), op) {
+            Ok(y) => Ok(rebuild(y)),
+            Err([a, b, c]) => Err((rebuild(a), rebuild(b), rebuild(c))),
+        }
+    }
+
+    /// The two-input form of [`apply`] (see [`apply_n`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn apply2<B, const D0: usize, const D1: usize, const DO: usize, S, BO>(
+        (x0, x1): (Tensor<B, D0>, Tensor<B, D1>),
+        kernel: impl Fn(&FlexTensor, &FlexTensor) -> Option<(FlexTensor, S)>,
+        op: BO,
+    ) -> Result<Tensor<B, DO>, (Tensor<B, D0>, Tensor<B, D1>)>
+    where
+        B: Backend,
+        S: Clone + Send + std::fmt::Debug + 'static,
+        BO: Backward<Flex, 2, State = S>,
+    {
+        match apply_n::<B, 2, S, BO>([prim(x0), prim(x1)], |[a, b]| kernel(a, b), op) {
+            Ok(y) => Ok(rebuild(y)),
+            Err([a, b]) => Err((rebuild(a), rebuild(b))),
+        }
+    }
+
+    /// Densifies `N` primitives, runs `kernel` (which returns the output and the backward state) on
+    /// Flex or Autodiff<Flex> and, under autodiff, registers `op` for the inputs that are tracked;
+    /// gives the primitives back on any other backend or when the kernel declines.
+    fn apply_n<B, const N: usize, S, BO>(
+        prims: [B::FloatTensorPrimitive; N],
+        kernel: impl Fn([&FlexTensor; N]) -> Option<(FlexTensor, S)>,
+        op: BO,
+    ) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; N]>
+    where
+        B: Backend,
+        S: Clone + Send + std::fmt::Debug + 'static,
+        BO: Backward<Flex, N, State = S>,
+    {
+        if !serves::<B>() {
+            return Err(prims);
+        }
+        let flex = prims.map(cast::<_, FlexTensor>);
+        if flex.iter().all(Result::is_ok) {
+            let ts = flex.map(|r| dense(r.unwrap_or_else(|_| unreachable!("all inputs are Flex"))));
+            return match kernel(ts.each_ref()) {
+                Some((y, _)) => Ok(back(y)),
+                None => Err(ts.map(back)),
+            };
+        }
+        let ad = flex.map(unify).map(cast::<_, AdTensor>);
+        if !ad.iter().all(Result::is_ok) {
+            return Err(ad.map(unify_ad));
+        }
+        let ad = ad.map(|r| {
+            let mut t = r.unwrap_or_else(|_| unreachable!("all inputs are Autodiff<Flex>"));
+            t.primitive = dense(t.primitive);
+            t
+        });
+        let Some((y, state)) = kernel(ad.each_ref().map(|t| &t.primitive)) else {
+            return Err(ad.map(back));
+        };
+        let nodes = ad.each_ref().map(|t| t.node.clone());
+        let out = match op.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         };
-        Ok(rebuild(back(out)))
+        Ok(back(out))
     }
 
     fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
@@ -726,7 +862,7 @@ mod flex {
     }
 
     /// `t` with its own contiguous buffer (a row copy for strided views; Flex's copy otherwise).
-    fn dense(t: FlexTensor) -> FlexTensor {
+    pub(super) fn dense(t: FlexTensor) -> FlexTensor {
         if t.dtype() != DType::F32 || f32_slice(&t).is_some() {
             return t;
         }

@@ -50,7 +50,11 @@ pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// summed. Flattening first gives one product and one weight gradient; same numbers.
 pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, d] = x.dims();
-    let y = layer.forward(x.reshape([b * t, d]));
+    let y = crate::kernels::linear(
+        x.reshape([b * t, d]),
+        layer.weight.val(),
+        layer.bias.as_ref().map(|b| b.val()),
+    );
     let out = y.dims()[1];
     y.reshape([b, t, out])
 }
@@ -132,16 +136,23 @@ impl<B: Backend> Attention<B> {
         let [b, t, d] = x.dims();
         let h = self.heads;
         let hd = d / h;
-        // Heads split into contiguous [B, H, T, hd] (one row copy on Flex, see `kernels`).
-        let split = |y: Tensor<B, 3>| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
-        let q = split(linear_tokens(&self.query, x.clone()));
-        let k = split(linear_tokens(&self.key, x.clone()));
-        let v = split(linear_tokens(&self.value, x));
-        // softmax(q·kᵀ / √hd), the scaling fused into the softmax (one pass on Flex).
-        let probs = crate::kernels::scaled_softmax(q.matmul(k.swap_dims(2, 3)), 1.0 / (hd as f32).sqrt());
-        let kept = keep_probs.then(|| probs.clone());
-        let ctx = self.attn_drop.forward(probs).matmul(v);
-        let ctx = crate::kernels::swap_dims_12(ctx).reshape([b, t, d]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let q = linear_tokens(&self.query, x.clone());
+        let k = linear_tokens(&self.key, x.clone());
+        let v = linear_tokens(&self.value, x);
+        let dropout_active = self.attn_drop.prob != 0.0 && B::ad_enabled(&q.device());
+        let (ctx, kept) = if keep_probs || dropout_active {
+            // Heads split into contiguous [B, H, T, hd] (one row copy on Flex, see `kernels`).
+            let split = |y: Tensor<B, 3>| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
+            // softmax(q·kᵀ / √hd), the scaling fused into the softmax (one pass on Flex).
+            let probs = crate::kernels::scaled_softmax(split(q).matmul(split(k).swap_dims(2, 3)), scale);
+            let kept = keep_probs.then(|| probs.clone());
+            let ctx = self.attn_drop.forward(probs).matmul(split(v));
+            (crate::kernels::swap_dims_12(ctx).reshape([b, t, d]), kept)
+        } else {
+            // The same maths as one fused op (the probabilities are neither kept nor dropped).
+            (crate::kernels::attention(q, k, v, h, scale), None)
+        };
         (self.proj_drop.forward(linear_tokens(&self.out, ctx)), kept)
     }
 }
