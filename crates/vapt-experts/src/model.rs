@@ -88,8 +88,8 @@ pub fn dropout2d<B: Backend>(x: Tensor<B, 3>, p: f64) -> Tensor<B, 3> {
         return x;
     }
     let [b, _, c] = x.dims();
-    let keep = Tensor::<B, 3>::random([b, 1, c], Distribution::Bernoulli(1.0 - p), &x.device());
-    x * keep.div_scalar(1.0 - p)
+    let keep = Tensor::<B, 2>::random([b, c], Distribution::Bernoulli(1.0 - p), &x.device());
+    vapt_vit::kernels::scale_channels(x, keep.div_scalar(1.0 - p))
 }
 
 /// The adaptive prompt generator of one block (SPEC §3.2).
@@ -368,9 +368,8 @@ impl<B: Backend> PromptedVit<B> {
         } else {
             0
         };
-        let replace = |x: Tensor<B, 3>, p: Tensor<B, 3>| {
-            Tensor::cat(vec![x.clone().narrow(1, 0, 1), p, x.narrow(1, 1 + np, n)], 1)
-        };
+        // Deep prompts replace tokens 1..1+Np (after CLS).
+        let replace = |x: Tensor<B, 3>, p: Tensor<B, 3>| vapt_vit::kernels::replace_tokens(x, 1, p);
         let mut x = match &self.prompts {
             Some(prompts) => Tensor::cat(
                 vec![x.clone().narrow(1, 0, 1), prompts.initial(b), x.narrow(1, 1, n)],
@@ -390,7 +389,7 @@ impl<B: Backend> PromptedVit<B> {
                     } else if cfg.method == Method::Vapt {
                         let k = i - cfg.vapt.vpt_depth;
                         let (p, gt) = self.generators[k].forward(
-                            x.clone().narrow(1, 1 + np, n),
+                            vapt_vit::kernels::narrow_tokens(x.clone(), 1 + np, n),
                             self.shared_mlp.as_ref(),
                             keep_gen,
                         );
@@ -433,6 +432,8 @@ impl<B: Backend> PromptedVit<B> {
                     t.attn.push(probs);
                     y
                 }
+                // Only CLS reaches the head: the last block computes that row alone.
+                _ if i + 1 == self.backbone.blocks.len() => block.forward_cls(x),
                 _ => block.forward(x),
             };
         }

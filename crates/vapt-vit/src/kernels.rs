@@ -86,8 +86,9 @@ pub fn linear<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>, bias: Option<Te
     burn::tensor::module::linear(x, weight, bias)
 }
 
-/// The attention core, `softmax(q·kᵀ·scale)·v` for each of `heads` heads, on `[B, T, heads·hd]`
-/// queries, keys and values; returns the context in the same layout (heads merged).
+/// The attention core, `softmax(q·kᵀ·scale)·v` for each of `heads` heads, on `[B, Tq, heads·hd]`
+/// queries and `[B, Tk, heads·hd]` keys and values; returns the context `[B, Tq, heads·hd]` (heads
+/// merged).
 ///
 /// On Flex one task per (batch, head) computes the scores, the softmax and the product with `v` on
 /// a block that stays in cache, reading q/k/v and writing the context in place (no head split or
@@ -105,10 +106,13 @@ pub fn attention<B: Backend>(
         Ok(ctx) => return ctx,
         Err(back) => back,
     };
-    let [b, t, d] = q.dims();
-    let split = |y: Tensor<B, 3>| swap_dims_12(y.reshape([b, t, heads, d / heads]));
+    let [b, tq, d] = q.dims();
+    let split = |y: Tensor<B, 3>| {
+        let [_, t, _] = y.dims();
+        swap_dims_12(y.reshape([b, t, heads, d / heads]))
+    };
     let probs = scaled_softmax(split(q).matmul(split(k).swap_dims(2, 3)), scale);
-    swap_dims_12(probs.matmul(split(v))).reshape([b, t, d])
+    swap_dims_12(probs.matmul(split(v))).reshape([b, tq, d])
 }
 
 /// Depth-wise cross-correlation on a channels-last grid: `x` `[B, H, W, C]`, `kernel` `[1 | C, K,
@@ -158,6 +162,49 @@ fn shifted_windows_conv<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 3>, paddi
         }
     }
     acc.unwrap_or_else(|| x.slice([0..b, 0..0, 0..0, 0..c]))
+}
+
+/// Tokens `start..start + len` of `[B, T, D]`: `x.narrow(1, start, len)`, materialised. On Flex its
+/// backward writes the full-size gradient in one pass (Burn's slices a zero tensor).
+pub fn narrow_tokens<B: Backend>(x: Tensor<B, 3>, start: usize, len: usize) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu-kernels")]
+    let x = match tokens::narrow(x, start, len) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    x.narrow(1, start, len)
+}
+
+/// `x` `[B, T, D]` with tokens `start..start + Np` replaced by `p` `[B, Np, D]` (deep prompts);
+/// one copy on Flex, forward and backward.
+pub fn replace_tokens<B: Backend>(x: Tensor<B, 3>, start: usize, p: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, p) = match tokens::replace(x, start, p) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    let [_, t, _] = x.dims();
+    let end = start + p.dims()[1];
+    let mut parts = Vec::with_capacity(3);
+    if start > 0 {
+        parts.push(x.clone().narrow(1, 0, start));
+    }
+    parts.push(p);
+    if end < t {
+        parts.push(x.narrow(1, end, t - end));
+    }
+    Tensor::cat(parts, 1)
+}
+
+/// `x` `[B, S, C]` with every (sample, channel) map multiplied by `scale` `[B, C]` (a Dropout2d
+/// mask). `scale` is a constant: no gradient flows to it. One pass on Flex, forward and backward.
+pub fn scale_channels<B: Backend>(x: Tensor<B, 3>, scale: Tensor<B, 2>) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu-kernels")]
+    let (x, scale) = match tokens::scale_channels(x, scale) {
+        Ok(y) => return y,
+        Err(back) => back,
+    };
+    x * scale.unsqueeze_dim::<3>(1)
 }
 
 /// Whether the fused kernels serve backend `B` (f32 tensors assumed).
@@ -383,6 +430,8 @@ pub(crate) mod math {
 mod conv;
 #[cfg(feature = "cpu-kernels")]
 mod linalg;
+#[cfg(feature = "cpu-kernels")]
+mod tokens;
 
 #[cfg(feature = "cpu-kernels")]
 mod flex {
@@ -730,6 +779,23 @@ mod flex {
         match apply_n::<B, 3, S, BO>([prim(x0), prim(x1), prim(x2)], |[a, b, c]| kernel(a, b, c), op) {
             Ok(y) => Ok(rebuild(y)),
             Err([a, b, c]) => Err((rebuild(a), rebuild(b), rebuild(c))),
+        }
+    }
+
+    /// [`apply_n`] for one input.
+    pub(super) fn apply1<B, const D: usize, const DO: usize, S, BO>(
+        x: Tensor<B, D>,
+        kernel: impl Fn(&FlexTensor) -> Option<(FlexTensor, S)>,
+        op: BO,
+    ) -> Result<Tensor<B, DO>, Tensor<B, D>>
+    where
+        B: Backend,
+        S: Clone + Send + std::fmt::Debug + 'static,
+        BO: Backward<Flex, 1, State = S>,
+    {
+        match apply_n::<B, 1, S, BO>([prim(x)], |[a]| kernel(a), op) {
+            Ok(y) => Ok(rebuild(y)),
+            Err([a]) => Err(rebuild(a)),
         }
     }
 

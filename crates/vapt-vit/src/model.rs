@@ -133,22 +133,40 @@ impl<B: Backend> Attention<B> {
     /// `[B, T, D]` → `[B, T, D]`; with `keep_probs`, also the softmax probabilities `[B, H, T, T]`
     /// (before attention dropout).
     pub fn forward(&self, x: Tensor<B, 3>, keep_probs: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        self.attend(x.clone(), x, keep_probs)
+    }
+
+    /// Attention of the tokens `queries` `[B, Tq, D]` over the sequence `x` `[B, T, D]` (keys and
+    /// values): `[B, Tq, D]`. With `queries` a subset of `x`'s rows it equals those rows of
+    /// [`Self::forward`].
+    pub fn forward_queries(&self, queries: Tensor<B, 3>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.attend(queries, x, false).0
+    }
+
+    fn attend(
+        &self,
+        queries: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        keep_probs: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [b, t, d] = x.dims();
+        let tq = queries.dims()[1];
         let h = self.heads;
         let hd = d / h;
         let scale = 1.0 / (hd as f32).sqrt();
-        let q = linear_tokens(&self.query, x.clone());
+        let q = linear_tokens(&self.query, queries);
         let k = linear_tokens(&self.key, x.clone());
         let v = linear_tokens(&self.value, x);
         let dropout_active = self.attn_drop.prob != 0.0 && B::ad_enabled(&q.device());
         let (ctx, kept) = if keep_probs || dropout_active {
             // Heads split into contiguous [B, H, T, hd] (one row copy on Flex, see `kernels`).
-            let split = |y: Tensor<B, 3>| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
+            let split = |y: Tensor<B, 3>, t: usize| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
             // softmax(q·kᵀ / √hd), the scaling fused into the softmax (one pass on Flex).
-            let probs = crate::kernels::scaled_softmax(split(q).matmul(split(k).swap_dims(2, 3)), scale);
+            let probs =
+                crate::kernels::scaled_softmax(split(q, tq).matmul(split(k, t).swap_dims(2, 3)), scale);
             let kept = keep_probs.then(|| probs.clone());
-            let ctx = self.attn_drop.forward(probs).matmul(split(v));
-            (crate::kernels::swap_dims_12(ctx).reshape([b, t, d]), kept)
+            let ctx = self.attn_drop.forward(probs).matmul(split(v, t));
+            (crate::kernels::swap_dims_12(ctx).reshape([b, tq, d]), kept)
         } else {
             // The same maths as one fused op (the probabilities are neither kept nor dropped).
             (crate::kernels::attention(q, k, v, h, scale), None)
@@ -202,6 +220,17 @@ impl<B: Backend> Block<B> {
         let (x, probs) = self.forward_impl(x, true);
         let probs = probs.unwrap_or_else(|| unreachable!("attention asked to keep its probabilities"));
         (x, probs)
+    }
+
+    /// The block's output at the first token (CLS) only, `[B, 1, D]`: the same values as the first
+    /// row of [`Self::forward`], without computing the other rows' queries, output projection and
+    /// MLP. What a last block needs when only CLS goes on to the head.
+    pub fn forward_cls(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let y = layer_norm(&self.norm1, self.norm_eps, x.clone());
+        let cls = |t: Tensor<B, 3>| crate::kernels::narrow_tokens(t, 0, 1);
+        let a = self.attn.forward_queries(cls(y.clone()), y);
+        let x = cls(x) + a;
+        x.clone() + self.mlp.forward(layer_norm(&self.norm2, self.norm_eps, x))
     }
 
     fn forward_impl(&self, x: Tensor<B, 3>, keep: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
@@ -318,8 +347,14 @@ impl<B: Backend> Vit<B> {
     /// Whole forward pass without prompts: images → logits (or features when there is no head).
     pub fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         let mut x = self.embed(images);
-        for block in &self.blocks {
-            x = block.forward(x);
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, block) in self.blocks.iter().enumerate() {
+            // Only CLS reaches the head: the last block computes that row alone.
+            x = if i == last {
+                block.forward_cls(x)
+            } else {
+                block.forward(x)
+            };
         }
         self.forward_head(x)
     }
@@ -376,6 +411,34 @@ mod tests {
             assert!((y[i] - expect_y[i]).abs() < 2e-6, "gelu({}) = {}", xs[i], y[i]);
             assert!((g[i] - expect_g[i]).abs() < 2e-6, "gelu'({}) = {}", xs[i], g[i]);
         }
+    }
+
+    #[test]
+    fn a_cls_only_block_gives_the_first_row_of_the_full_block_and_its_gradient() {
+        type A = Autodiff<Flex>;
+        let dev = Default::default();
+        let vit = crate::VitConfig::new(24, 1, 3, 48, 4)
+            .init::<A>(&dev)
+            .with_dropout(0.0, 0.0);
+        let block = &vit.blocks[0];
+        let x0 = Tensor::<Flex, 3>::random([2, 9, 24], burn::tensor::Distribution::Normal(0.0, 1.0), &dev);
+        let run = |cls_only: bool| {
+            let x = Tensor::<A, 3>::from_inner(x0.clone()).require_grad();
+            let y = if cls_only {
+                block.forward_cls(x.clone())
+            } else {
+                block.forward(x.clone()).narrow(1, 0, 1)
+            };
+            let g = x.grad(&y.clone().sum().backward()).map(|g| g.into_data());
+            (y.into_data(), g)
+        };
+        let ((y_cls, g_cls), (y_full, g_full)) = (run(true), run(false));
+        assert_eq!(y_cls.shape.as_slice(), &[2, 1, 24]);
+        y_cls.assert_approx_eq::<f32>(&y_full, burn::tensor::Tolerance::absolute(1e-5));
+        let (Some(g_cls), Some(g_full)) = (g_cls, g_full) else {
+            panic!("no gradient reached the block input")
+        };
+        g_cls.assert_approx_eq::<f32>(&g_full, burn::tensor::Tolerance::absolute(1e-5));
     }
 
     #[test]

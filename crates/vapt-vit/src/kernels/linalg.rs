@@ -282,7 +282,7 @@ pub fn linear<B: Backend>(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention core: ctx = softmax(q·kᵀ·scale)·v per head; q, k, v, ctx [B, T, H·hd].
+// Attention core: ctx = softmax(q·kᵀ·scale)·v per head; q, ctx [B, Tq, H·hd], k, v [B, Tk, H·hd].
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Debug)]
@@ -290,19 +290,49 @@ struct AttentionState {
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
-    /// The probabilities `[B, H, T, T]`.
+    /// The probabilities `[B, H, Tq, Tk]`.
     probs: FlexTensor,
     heads: usize,
     scale: f32,
 }
 
-/// `(B, T, D)` of three equal `[B, T, D]` tensors whose `D` splits into `heads`.
-fn attention_dims(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, heads: usize) -> Option<[usize; 3]> {
-    let &[b, t, d] = dims(q) else {
-        return None;
-    };
-    let ok = dims(k) == [b, t, d] && dims(v) == [b, t, d] && heads > 0 && d % heads == 0 && t > 0;
-    ok.then_some([b, t, d])
+/// Sizes of one attention call.
+#[derive(Clone, Copy)]
+struct AttnDims {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl AttnDims {
+    /// From `q` `[B, Tq, D]` and `k`, `v` `[B, Tk, D]`, with `D` split into `heads`.
+    fn new(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, heads: usize) -> Option<Self> {
+        let (&[b, tq, d], &[bk, tk, dk]) = (dims(q), dims(k)) else {
+            return None;
+        };
+        let ok =
+            b == bk && d == dk && dims(v) == [b, tk, d] && heads > 0 && d % heads == 0 && tq > 0 && tk > 0;
+        ok.then_some(Self {
+            b,
+            tq,
+            tk,
+            d,
+            heads,
+            hd: d / heads,
+        })
+    }
+
+    /// Offsets of head `h` of batch `bi` in the query and key/value buffers.
+    fn offsets(&self, bh: usize) -> (usize, usize) {
+        let (bi, h) = (bh / self.heads, bh % self.heads);
+        (
+            bi * self.tq * self.d + h * self.hd,
+            bi * self.tk * self.d + h * self.hd,
+        )
+    }
 }
 
 fn attention_forward(
@@ -312,41 +342,40 @@ fn attention_forward(
     heads: usize,
     scale: f32,
 ) -> Option<(FlexTensor, AttentionState)> {
-    let [b, t, d] = attention_dims(q, k, v, heads)?;
+    let a = AttnDims::new(q, k, v, heads)?;
     let (qs, ks, vs) = (f32_slice(q)?, f32_slice(k)?, f32_slice(v)?);
-    let hd = d / heads;
-    let mut probs: Vec<f32> = Vec::with_capacity(b * heads * t * t);
-    let mut ctx: Vec<f32> = Vec::with_capacity(b * t * d);
+    let (tq, tk, d, hd) = (a.tq, a.tk, a.d, a.hd);
+    let mut probs: Vec<f32> = Vec::with_capacity(a.b * heads * tq * tk);
+    let mut ctx: Vec<f32> = Vec::with_capacity(a.b * tq * d);
     let ctx_out = Out(ctx.spare_capacity_mut().as_mut_ptr().cast());
-    probs.spare_capacity_mut()[..b * heads * t * t]
-        .par_chunks_mut(t * t)
+    probs.spare_capacity_mut()[..a.b * heads * tq * tk]
+        .par_chunks_mut(tq * tk)
         .enumerate()
         .for_each(|(bh, block)| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let off = bi * t * d + h * hd;
+            let (qo, ko) = a.offsets(bh);
             let p = block.as_mut_ptr().cast::<f32>();
-            // SAFETY: `block` is this task's own t×t slice of `probs`; the scores overwrite all of
-            // it before it is read as a slice.
+            // SAFETY: `block` is this task's own tq×tk slice of `probs`; the scores overwrite all
+            // of it before it is read as a slice.
             let p = unsafe {
                 gemm_into(
                     p,
-                    t,
-                    Mat::rows(qs, off, t, hd, d),
-                    Mat::rows(ks, off, t, hd, d).t(),
+                    tk,
+                    Mat::rows(qs, qo, tq, hd, d),
+                    Mat::rows(ks, ko, tk, hd, d).t(),
                     false,
                     false,
                 );
-                std::slice::from_raw_parts_mut(p, t * t)
+                std::slice::from_raw_parts_mut(p, tq * tk)
             };
-            softmax_rows_in_place(p, t, scale);
-            // SAFETY: head h of batch bi owns columns h·hd..(h+1)·hd of rows bi·t..(bi+1)·t of
-            // `ctx` (capacity b·t·d); no other task writes them.
+            softmax_rows_in_place(p, tk, scale);
+            // SAFETY: head h of batch bi owns columns h·hd..(h+1)·hd of rows bi·tq..(bi+1)·tq of
+            // `ctx` (capacity b·tq·d); no other task writes them.
             unsafe {
                 gemm_into(
-                    ctx_out.at(off),
+                    ctx_out.at(qo),
                     d,
-                    Mat::rows(p, 0, t, t, t),
-                    Mat::rows(vs, off, t, hd, d),
+                    Mat::rows(p, 0, tq, tk, tk),
+                    Mat::rows(vs, ko, tk, hd, d),
                     false,
                     false,
                 )
@@ -355,18 +384,18 @@ fn attention_forward(
     // SAFETY: the tasks wrote every element of both buffers (all (batch, head) blocks; the heads
     // tile the channels).
     unsafe {
-        probs.set_len(b * heads * t * t);
-        ctx.set_len(b * t * d);
+        probs.set_len(a.b * heads * tq * tk);
+        ctx.set_len(a.b * tq * d);
     }
     let state = AttentionState {
         q: q.clone(),
         k: k.clone(),
         v: v.clone(),
-        probs: tensor(probs, &[b, heads, t, t]),
+        probs: tensor(probs, &[a.b, heads, tq, tk]),
         heads,
         scale,
     };
-    Some((tensor(ctx, &[b, t, d]), state))
+    Some((tensor(ctx, &[a.b, tq, d]), state))
 }
 
 #[derive(Debug)]
@@ -379,70 +408,68 @@ impl Backward<Flex, 3> for AttentionOp {
         let g = dense(grads.consume::<Flex>(&ops.node));
         let [pq, pk, pv] = ops.parents;
         let st = &ops.state;
-        let (Some(gs), Some(qs), Some(ks), Some(vs), Some(ps)) = (
+        let (Some(gs), Some(qs), Some(ks), Some(vs), Some(ps), Some(a)) = (
             f32_slice(&g),
             f32_slice(&st.q),
             f32_slice(&st.k),
             f32_slice(&st.v),
             f32_slice(&st.probs),
+            AttnDims::new(&st.q, &st.k, &st.v, st.heads),
         ) else {
-            unreachable!("attention state and gradient are contiguous f32")
+            unreachable!("attention state and gradient are contiguous f32 of the forward's shapes")
         };
-        let &[b, t, d] = dims(&st.q) else {
-            unreachable!("attention inputs are [B, T, D]")
-        };
-        let (heads, hd, n) = (st.heads, d / st.heads, b * t * d);
+        let (tq, tk, d, hd) = (a.tq, a.tk, a.d, a.hd);
+        let sizes = [a.b * tq * d, a.b * tk * d, a.b * tk * d];
         let want = [pq.is_some(), pk.is_some(), pv.is_some()];
         let mut bufs: [Vec<f32>; 3] =
-            std::array::from_fn(|i| Vec::with_capacity(if want[i] { n } else { 0 }));
-        let outs = bufs
+            std::array::from_fn(|i| Vec::with_capacity(if want[i] { sizes[i] } else { 0 }));
+        let [dq, dk, dv] = bufs
             .each_mut()
             .map(|v| Out(v.spare_capacity_mut().as_mut_ptr().cast()));
-        let [dq, dk, dv] = outs;
-        (0..b * heads).into_par_iter().for_each(|bh| {
-            let (bi, h) = (bh / heads, bh % heads);
-            let off = bi * t * d + h * hd;
-            let gm = Mat::rows(gs, off, t, hd, d);
-            let p = Mat::rows(ps, bh * t * t, t, t, t);
-            // SAFETY (all writes below): head h of batch bi owns columns h·hd..(h+1)·hd of rows
-            // bi·t..(bi+1)·t of each gradient buffer (capacity n when wanted); no other task
-            // writes them.
+        (0..a.b * a.heads).into_par_iter().for_each(|bh| {
+            let (qo, ko) = a.offsets(bh);
+            let gm = Mat::rows(gs, qo, tq, hd, d);
+            let p = Mat::rows(ps, bh * tq * tk, tq, tk, tk);
+            // SAFETY (all writes below): head h of batch bi owns columns h·hd..(h+1)·hd of its
+            // rows of each gradient buffer (allocated in full when wanted); no other task writes
+            // them.
             if want[2] {
                 // dv = Pᵀ·g
-                unsafe { gemm_into(dv.at(off), d, p.t(), gm, false, false) };
+                unsafe { gemm_into(dv.at(ko), d, p.t(), gm, false, false) };
             }
             if !(want[0] || want[1]) {
                 return;
             }
             // dP = g·vᵀ, then dS = scale·P⊙(dP − rowsum(dP⊙P)) in place.
-            let mut ds = vec![0.0f32; t * t];
-            // SAFETY: `ds` is this task's own initialised t×t buffer.
+            let mut ds = vec![0.0f32; tq * tk];
+            // SAFETY: `ds` is this task's own initialised tq×tk buffer.
             unsafe {
                 gemm_into(
                     ds.as_mut_ptr(),
-                    t,
+                    tk,
                     gm,
-                    Mat::rows(vs, off, t, hd, d).t(),
+                    Mat::rows(vs, ko, tk, hd, d).t(),
                     false,
                     false,
                 )
             };
-            softmax_grad_rows_in_place(&ps[bh * t * t..(bh + 1) * t * t], &mut ds, t, st.scale);
-            let dsm = Mat::rows(&ds, 0, t, t, t);
+            softmax_grad_rows_in_place(&ps[bh * tq * tk..(bh + 1) * tq * tk], &mut ds, tk, st.scale);
+            let dsm = Mat::rows(&ds, 0, tq, tk, tk);
             if want[0] {
                 // dq = dS·k
-                unsafe { gemm_into(dq.at(off), d, dsm, Mat::rows(ks, off, t, hd, d), false, false) };
+                unsafe { gemm_into(dq.at(qo), d, dsm, Mat::rows(ks, ko, tk, hd, d), false, false) };
             }
             if want[1] {
                 // dk = dSᵀ·q
-                unsafe { gemm_into(dk.at(off), d, dsm.t(), Mat::rows(qs, off, t, hd, d), false, false) };
+                unsafe { gemm_into(dk.at(ko), d, dsm.t(), Mat::rows(qs, qo, tq, hd, d), false, false) };
             }
         });
-        for ((parent, mut buf), wanted) in [pq, pk, pv].into_iter().zip(bufs).zip(want) {
-            if let (Some(node), true) = (parent, wanted) {
+        let shapes = [[a.b, tq, d], [a.b, tk, d], [a.b, tk, d]];
+        for (((parent, mut buf), size), shape) in [pq, pk, pv].into_iter().zip(bufs).zip(sizes).zip(shapes) {
+            if let Some(node) = parent {
                 // SAFETY: wanted buffers were written in full by the tasks (every head block).
-                unsafe { buf.set_len(n) };
-                grads.register::<Flex>(node.id, tensor(buf, &[b, t, d]));
+                unsafe { buf.set_len(size) };
+                grads.register::<Flex>(node.id, tensor(buf, &shape));
             }
         }
     }
@@ -573,20 +600,29 @@ mod tests {
         heads: usize,
         scale: f32,
     ) -> Tensor<B, 3> {
-        let [b, t, d] = q.dims();
-        let split = |y: Tensor<B, 3>| y.reshape([b, t, heads, d / heads]).swap_dims(1, 2);
+        let [b, tq, d] = q.dims();
+        let split = |y: Tensor<B, 3>| {
+            let [_, t, _] = y.dims();
+            y.reshape([b, t, heads, d / heads]).swap_dims(1, 2)
+        };
         let scores = split(q).matmul(split(k).swap_dims(2, 3)).mul_scalar(scale);
         let probs = burn::tensor::activation::softmax(scores, 3);
-        probs.matmul(split(v)).swap_dims(1, 2).reshape([b, t, d])
+        probs.matmul(split(v)).swap_dims(1, 2).reshape([b, tq, d])
     }
 
     #[test]
     fn fused_attention_matches_the_decomposed_ops_forward_and_backward() {
         // ViT-like (3 heads of 16 over 23 tokens) and one head over 2 tokens.
-        for (b, t, heads, hd) in [(2usize, 23usize, 3usize, 16usize), (1, 2, 1, 4)] {
+        // ViT-like (3 heads of 16, 23 tokens), one head over 2 tokens, and the CLS-only query of
+        // a last block (1 query row, 23 keys).
+        for (b, tq, t, heads, hd) in [
+            (2usize, 23usize, 23usize, 3usize, 16usize),
+            (1, 2, 2, 1, 4),
+            (2, 1, 23, 3, 16),
+        ] {
             let d = heads * hd;
             let scale = 1.0 / (hd as f32).sqrt();
-            let qkv = [random([b, t, d]), random([b, t, d]), random([b, t, d])];
+            let qkv = [random([b, tq, d]), random([b, t, d]), random([b, t, d])];
             let want = reference_attention(qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), heads, scale);
             let Ok(ctx) = super::attention(qkv[0].clone(), qkv[1].clone(), qkv[2].clone(), heads, scale)
             else {
