@@ -32,15 +32,18 @@ impl<B: Backend> StaticPrompts<B> {
     /// Block-0 prompts broadcast over the batch, after dropout: `[B, Np, D]`.
     fn initial(&self, batch: usize) -> Tensor<B, 3> {
         let [np, d] = self.prompt.dims();
-        self.drop
-            .forward(self.prompt.val().unsqueeze::<3>().expand([batch, np, d]))
+        let prompts = self.prompt.val().unsqueeze::<3>().expand([batch, np, d]);
+        vapt_vit::kernels::dropout(prompts, self.drop.prob)
     }
 
     /// Deep prompts for block `row + 1`: `[B, Np, D]`.
     fn deep(&self, row: usize, batch: usize) -> Option<Tensor<B, 3>> {
         let deep = self.deep.as_ref()?.val();
         let [_, np, d] = deep.dims();
-        Some(self.drop.forward(deep.narrow(0, row, 1).expand([batch, np, d])))
+        Some(vapt_vit::kernels::dropout(
+            deep.narrow(0, row, 1).expand([batch, np, d]),
+            self.drop.prob,
+        ))
     }
 }
 
@@ -71,7 +74,11 @@ impl<B: Backend> ProjectorMlp<B> {
             Activation::Attention => softmax(h, 2),
             Activation::Identity => h,
         };
-        let branch = linear(self.drop.forward(h), self.fc2.val().transpose(), None);
+        let branch = linear(
+            vapt_vit::kernels::dropout(h, self.drop.prob),
+            self.fc2.val().transpose(),
+            None,
+        );
         let branch = match &self.scale {
             Some(s) => branch * s.val().unsqueeze::<3>(),
             None => branch,

@@ -207,6 +207,21 @@ pub fn scale_channels<B: Backend>(x: Tensor<B, 3>, scale: Tensor<B, 2>) -> Tenso
     x * scale.unsqueeze_dim::<3>(1)
 }
 
+/// Burn's `Dropout::forward` with probability `p`: identity outside training (no autodiff) or for
+/// `p = 0`. On Flex the mask is a counter-based hash drawn in the multiply's pass and recomputed by
+/// the backward (see `dropout`); elsewhere Burn's `Dropout`.
+pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
+    if p == 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    #[cfg(feature = "cpu-kernels")]
+    let x = match dropout::dropout(x, p) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    burn::nn::DropoutConfig::new(p).init().forward(x)
+}
+
 /// Whether the fused kernels serve backend `B` (f32 tensors assumed).
 pub fn fused_on<B: Backend>() -> bool {
     #[cfg(feature = "cpu-kernels")]
@@ -428,6 +443,8 @@ pub(crate) mod math {
 
 #[cfg(feature = "cpu-kernels")]
 mod conv;
+#[cfg(feature = "cpu-kernels")]
+mod dropout;
 #[cfg(feature = "cpu-kernels")]
 mod linalg;
 #[cfg(feature = "cpu-kernels")]

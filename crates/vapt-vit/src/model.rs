@@ -165,13 +165,16 @@ impl<B: Backend> Attention<B> {
             let probs =
                 crate::kernels::scaled_softmax(split(q, tq).matmul(split(k, t).swap_dims(2, 3)), scale);
             let kept = keep_probs.then(|| probs.clone());
-            let ctx = self.attn_drop.forward(probs).matmul(split(v, t));
+            let ctx = crate::kernels::dropout(probs, self.attn_drop.prob).matmul(split(v, t));
             (crate::kernels::swap_dims_12(ctx).reshape([b, tq, d]), kept)
         } else {
             // The same maths as one fused op (the probabilities are neither kept nor dropped).
             (crate::kernels::attention(q, k, v, h, scale), None)
         };
-        (self.proj_drop.forward(linear_tokens(&self.out, ctx)), kept)
+        (
+            crate::kernels::dropout(linear_tokens(&self.out, ctx), self.proj_drop.prob),
+            kept,
+        )
     }
 }
 
@@ -189,8 +192,9 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.drop.forward(gelu_exact(linear_tokens(&self.fc1, x)));
-        self.drop.forward(linear_tokens(&self.fc2, x))
+        let p = self.drop.prob;
+        let x = crate::kernels::dropout(gelu_exact(linear_tokens(&self.fc1, x)), p);
+        crate::kernels::dropout(linear_tokens(&self.fc2, x), p)
     }
 }
 
@@ -324,7 +328,7 @@ impl<B: Backend> Vit<B> {
         let [b, _, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
-        self.pos_drop.forward(x)
+        crate::kernels::dropout(x, self.pos_drop.prob)
     }
 
     /// Final LayerNorm over the sequence, then the CLS token: `[B, D]`.
