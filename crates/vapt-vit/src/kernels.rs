@@ -1,16 +1,19 @@
-//! Fused CPU kernels for the Flex backend: exact GELU, scaled softmax, LayerNorm and the attention
-//! head split/merge copy, forward and backward.
+//! Fused CPU kernels for the Flex backend, forward and backward: the linear layer and the attention
+//! core (`kernels/linalg.rs`, on the `gemm` crate), exact GELU, scaled softmax, LayerNorm, the
+//! attention head split/merge copy (here), dropout (`kernels/dropout.rs`), VAPT's channel-wise conv
+//! (`kernels/conv.rs`) and the token-range copies and Dropout2d scaling around prompts
+//! (`kernels/tokens.rs`).
 //!
-//! Burn 0.21's Flex backend computes GELU with a scalar, single-threaded `erff` per element and
-//! softmax as five separate tensor ops (max, sub, exp, sum, div), each with its own allocation; in
-//! training, autodiff adds the backward of each. Profiling a ViT-B/16 VAPT train step at batch 8 put
-//! GELU (forward + backward) at about a fifth of the step and softmax with its scaling at about an
-//! eighth; LayerNorm's decomposed autodiff backward and Flex's element-wise strided copies
-//! followed. The functions here keep the model generic over `B: Backend`: for `Flex` and
-//! `Autodiff<Flex>` on contiguous f32 data they run one fused, vectorised (AVX-512 / AVX2 picked at
-//! run time), multi-threaded (rayon) pass per direction; on every other backend, dtype or layout
-//! they fall back to Burn's own ops. The GELU here uses the Abramowitz–Stegun 7.1.26 erf (absolute
-//! error ≤ 1.5·10⁻⁷), the same approximation PyTorch's vectorised CPU GELU uses.
+//! Burn 0.21's Flex backend computes GELU with a scalar, single-threaded `erff` per element,
+//! softmax as five separate tensor ops, every matrix product into a zero-filled buffer that is then
+//! copied again, and dropout masks with a single-threaded generator; in training, autodiff adds the
+//! backward of each. `docs/benchmarks.md` has the profile. The functions here keep the model
+//! generic over `B: Backend`: for `Flex` and `Autodiff<Flex>` on f32 data they run one fused,
+//! vectorised (AVX-512 / AVX2 picked at run time), multi-threaded (rayon) pass per direction and
+//! register their own backward, which computes only the gradients of tracked inputs; on every
+//! other backend, dtype or shape they fall back to Burn's own ops. The GELU here uses the
+//! Abramowitz–Stegun 7.1.26 erf (absolute error ≤ 1.5·10⁻⁷), the same approximation PyTorch's
+//! vectorised CPU GELU uses.
 //!
 //! Built with the `cpu-kernels` feature (default); without it only the fallbacks exist.
 
@@ -235,6 +238,7 @@ pub fn fused_on<B: Backend>() -> bool {
 }
 
 /// The element-wise and row-wise maths, on plain slices.
+#[cfg(feature = "cpu-kernels")]
 pub(crate) mod math {
     /// `exp(x)` for f32 with ~1 ulp error on `[-87.3, 88.7]` (Cephes polynomial), written so the
     /// compiler vectorises loops over it.

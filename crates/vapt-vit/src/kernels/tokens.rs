@@ -91,6 +91,7 @@ impl Backward<Flex, 1> for NarrowOp {
     }
 }
 
+/// [`super::super::narrow_tokens`] on Flex / Autodiff<Flex>; the input back elsewhere.
 pub fn narrow<B: Backend>(x: Tensor<B, 3>, start: usize, len: usize) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
     apply1(
         x,
@@ -130,6 +131,7 @@ impl Backward<Flex, 2> for ReplaceOp {
     }
 }
 
+/// [`super::super::replace_tokens`] on Flex / Autodiff<Flex>; the inputs back elsewhere.
 #[allow(clippy::type_complexity)]
 pub fn replace<B: Backend>(
     x: Tensor<B, 3>,
@@ -187,6 +189,7 @@ impl Backward<Flex, 1> for ScaleChannelsOp {
     }
 }
 
+/// [`super::super::scale_channels`] on Flex / Autodiff<Flex>; the inputs back elsewhere.
 #[allow(clippy::type_complexity)]
 pub fn scale_channels<B: Backend>(
     x: Tensor<B, 3>,
