@@ -109,13 +109,37 @@ pub fn attention<B: Backend>(
         Ok(ctx) => return ctx,
         Err(back) => back,
     };
-    let [b, tq, d] = q.dims();
-    let split = |y: Tensor<B, 3>| {
-        let [_, t, _] = y.dims();
-        swap_dims_12(y.reshape([b, t, heads, d / heads]))
-    };
-    let probs = scaled_softmax(split(q).matmul(split(k).swap_dims(2, 3)), scale);
-    swap_dims_12(probs.matmul(split(v))).reshape([b, tq, d])
+    attention_context(attention_probs(q, k, heads, scale), v)
+}
+
+/// `[B, T, heads·hd]` → contiguous `[B, heads, T, hd]`.
+fn split_heads<B: Backend>(y: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, t, d] = y.dims();
+    swap_dims_12(y.reshape([b, t, heads, d / heads]))
+}
+
+/// The attention probabilities `softmax(q·kᵀ·scale)` per head, `[B, heads, Tq, Tk]`, from `q`
+/// `[B, Tq, heads·hd]` and `k` `[B, Tk, heads·hd]`: the first half of [`attention`] as separate
+/// ops, for callers that keep or drop out the probabilities.
+pub fn attention_probs<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    heads: usize,
+    scale: f32,
+) -> Tensor<B, 4> {
+    // The scaling is fused into the softmax (one pass on Flex).
+    scaled_softmax(
+        split_heads(q, heads).matmul(split_heads(k, heads).swap_dims(2, 3)),
+        scale,
+    )
+}
+
+/// `probs·v` per head with the heads merged: `[B, Tq, heads·hd]` from `probs` `[B, heads, Tq, Tk]`
+/// and `v` `[B, Tk, heads·hd]`; the second half of [`attention`].
+pub fn attention_context<B: Backend>(probs: Tensor<B, 4>, v: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, heads, tq, _] = probs.dims();
+    let d = v.dims()[2];
+    swap_dims_12(probs.matmul(split_heads(v, heads))).reshape([b, tq, d])
 }
 
 /// Depth-wise cross-correlation on a channels-last grid: `x` `[B, H, W, C]`, `kernel` `[1 | C, K,
@@ -164,7 +188,7 @@ fn shifted_windows_conv<B: Backend>(x: Tensor<B, 4>, kernel: Tensor<B, 3>, paddi
             });
         }
     }
-    acc.unwrap_or_else(|| x.slice([0..b, 0..0, 0..0, 0..c]))
+    acc.unwrap_or_else(|| unreachable!("kernel side is validated to be >= 1"))
 }
 
 /// Tokens `start..start + len` of `[B, T, D]`: `x.narrow(1, start, len)`, materialised. On Flex its
@@ -507,8 +531,31 @@ mod flex {
         t.as_slice::<f32>()
     }
 
+    /// The values of a tensor that is contiguous f32 by construction (a kernel's output or state,
+    /// or a gradient after [`dense`]).
+    pub(super) fn values(t: &FlexTensor) -> &[f32] {
+        f32_slice(t).unwrap_or_else(|| unreachable!("kernel tensors are contiguous f32"))
+    }
+
+    /// A Flex tensor owning `data` (no copy).
+    pub(super) fn tensor(data: Vec<f32>, shape: impl Into<burn::tensor::Shape>) -> FlexTensor {
+        FlexTensor::from_data(burn::tensor::TensorData::new(data, shape))
+    }
+
+    /// The element-wise sum of per-task partial sums (each `len` long), added in task order: the
+    /// same rounding on every run, however rayon split the work.
+    pub(super) fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+        let mut total = vec![0.0f32; len];
+        for p in &partials {
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        total
+    }
+
     fn new_like(t: &FlexTensor, data: Vec<f32>) -> FlexTensor {
-        FlexTensor::from_data(burn::tensor::TensorData::new(data, t.layout().shape().clone()))
+        tensor(data, t.layout().shape().clone())
     }
 
     fn zeroed(n: usize) -> Vec<f32> {
@@ -625,9 +672,7 @@ mod flex {
     fn softmax_backward(y: &FlexTensor, grad: FlexTensor, scale: f32) -> FlexTensor {
         let grad = dense(grad);
         let len = y.layout().shape().as_slice().last().copied().unwrap_or(1).max(1);
-        let (Some(ys), Some(gs)) = (f32_slice(y), f32_slice(&grad)) else {
-            unreachable!("softmax state and gradient are contiguous f32")
-        };
+        let (ys, gs) = (values(y), values(&grad));
         let mut dx = gs.to_vec();
         let step = rows_per_task(len) * len;
         dx.par_chunks_mut(step)
@@ -714,11 +759,7 @@ mod flex {
     /// Backward: `(dx, dgamma, dbeta)`.
     fn layer_norm_backward(state: &LayerNormState, grad: FlexTensor) -> (FlexTensor, FlexTensor, FlexTensor) {
         let grad = dense(grad);
-        let (Some(xs), Some(gs), Some(gamma)) =
-            (f32_slice(&state.x), f32_slice(&grad), f32_slice(&state.gamma))
-        else {
-            unreachable!("LayerNorm state and gradient are contiguous f32")
-        };
+        let (xs, gs, gamma) = (values(&state.x), values(&grad), values(&state.gamma));
         let len = gamma.len();
         let per = rows_per_task(len);
         let mut dx = zeroed(xs.len());
@@ -733,15 +774,9 @@ mod flex {
                 dgb
             })
             .collect();
-        let mut dgb = vec![0.0f32; 2 * len];
-        for p in &partial {
-            for (a, b) in dgb.iter_mut().zip(p) {
-                *a += b;
-            }
-        }
+        let mut dgb = sum_partials(partial, 2 * len);
         let dbeta = dgb.split_off(len);
-        let vector = |v: Vec<f32>| FlexTensor::from_data(burn::tensor::TensorData::new(v, [len]));
-        (new_like(&state.x, dx), vector(dgb), vector(dbeta))
+        (new_like(&state.x, dx), tensor(dgb, [len]), tensor(dbeta, [len]))
     }
 
     #[derive(Debug)]
@@ -797,15 +832,21 @@ mod flex {
         S: Clone + Send + std::fmt::Debug + 'static,
         BO: Backward<Flex, 3, State = S>,
     {
-        match apply_n::<B, 3, S, BO>([prim(x0), prim(x1), prim(x2)], |[a, b, c]| kernel(a, b, c), op) {
+        match apply_n::<B, 3, S, BO>(
+            [prim(x0), prim(x1), prim(x2)],
+            dense,
+            |[a, b, c]| kernel(a, b, c),
+            op,
+        ) {
             Ok(y) => Ok(rebuild(y)),
             Err([a, b, c]) => Err((rebuild(a), rebuild(b), rebuild(c))),
         }
     }
 
-    /// [`apply_n`] for one input.
+    /// [`apply_n`] for one input, after `prepare` (usually [`dense`]).
     pub(super) fn apply1<B, const D: usize, const DO: usize, S, BO>(
         x: Tensor<B, D>,
+        prepare: impl Fn(FlexTensor) -> FlexTensor,
         kernel: impl Fn(&FlexTensor) -> Option<(FlexTensor, S)>,
         op: BO,
     ) -> Result<Tensor<B, DO>, Tensor<B, D>>
@@ -814,7 +855,7 @@ mod flex {
         S: Clone + Send + std::fmt::Debug + 'static,
         BO: Backward<Flex, 1, State = S>,
     {
-        match apply_n::<B, 1, S, BO>([prim(x)], |[a]| kernel(a), op) {
+        match apply_n::<B, 1, S, BO>([prim(x)], prepare, |[a]| kernel(a), op) {
             Ok(y) => Ok(rebuild(y)),
             Err([a]) => Err(rebuild(a)),
         }
@@ -832,17 +873,18 @@ mod flex {
         S: Clone + Send + std::fmt::Debug + 'static,
         BO: Backward<Flex, 2, State = S>,
     {
-        match apply_n::<B, 2, S, BO>([prim(x0), prim(x1)], |[a, b]| kernel(a, b), op) {
+        match apply_n::<B, 2, S, BO>([prim(x0), prim(x1)], dense, |[a, b]| kernel(a, b), op) {
             Ok(y) => Ok(rebuild(y)),
             Err([a, b]) => Err((rebuild(a), rebuild(b))),
         }
     }
 
-    /// Densifies `N` primitives, runs `kernel` (which returns the output and the backward state) on
+    /// Prepares `N` primitives (e.g. [`dense`]), runs `kernel` (which returns the output and the backward state) on
     /// Flex or Autodiff<Flex> and, under autodiff, registers `op` for the inputs that are tracked;
     /// gives the primitives back on any other backend or when the kernel declines.
     fn apply_n<B, const N: usize, S, BO>(
         prims: [B::FloatTensorPrimitive; N],
+        prepare: impl Fn(FlexTensor) -> FlexTensor,
         kernel: impl Fn([&FlexTensor; N]) -> Option<(FlexTensor, S)>,
         op: BO,
     ) -> Result<B::FloatTensorPrimitive, [B::FloatTensorPrimitive; N]>
@@ -856,7 +898,7 @@ mod flex {
         }
         let flex = prims.map(cast::<_, FlexTensor>);
         if flex.iter().all(Result::is_ok) {
-            let ts = flex.map(|r| dense(r.unwrap_or_else(|_| unreachable!("all inputs are Flex"))));
+            let ts = flex.map(|r| prepare(r.unwrap_or_else(|_| unreachable!("all inputs are Flex"))));
             return match kernel(ts.each_ref()) {
                 Some((y, _)) => Ok(back(y)),
                 None => Err(ts.map(back)),
@@ -868,7 +910,7 @@ mod flex {
         }
         let ad = ad.map(|r| {
             let mut t = r.unwrap_or_else(|_| unreachable!("all inputs are Autodiff<Flex>"));
-            t.primitive = dense(t.primitive);
+            t.primitive = prepare(t.primitive);
             t
         });
         let Some((y, state)) = kernel(ad.each_ref().map(|t| &t.primitive)) else {
@@ -974,10 +1016,7 @@ mod flex {
             [a, c, b, d],
             [s0, s2, s1, s3],
         );
-        Some(FlexTensor::from_data(burn::tensor::TensorData::new(
-            out,
-            [a, c, b, d],
-        )))
+        Some(tensor(out, [a, c, b, d]))
     }
 
     #[derive(Debug)]
@@ -996,7 +1035,7 @@ mod flex {
 
     pub fn swap12<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
         // The copy reads any strides itself: no `dense` first.
-        apply(x, |t| t, swap12_copy, Swap12Op, |_, _| ())
+        apply1(x, |t| t, |t| Some((swap12_copy(t)?, ())), Swap12Op)
     }
 
     #[derive(Debug)]
@@ -1024,56 +1063,6 @@ mod flex {
         }
     }
 
-    /// Applies `kernel` to a Flex or Autodiff<Flex> tensor (after `prepare`, e.g. [`dense`]) and,
-    /// under autodiff, registers `op` with the state `state(input, output)`; gives the tensor back
-    /// on any other backend or when the kernel declines.
-    fn apply<B: Backend, const D: usize, S, BO>(
-        x: Tensor<B, D>,
-        prepare: impl Fn(FlexTensor) -> FlexTensor,
-        kernel: impl Fn(&FlexTensor) -> Option<FlexTensor>,
-        op: BO,
-        state: impl FnOnce(&FlexTensor, &FlexTensor) -> S,
-    ) -> Result<Tensor<B, D>, Tensor<B, D>>
-    where
-        S: Clone + Send + std::fmt::Debug + 'static,
-        BO: Backward<Flex, 1, State = S>,
-    {
-        if !serves::<B>() {
-            return Err(x);
-        }
-        let rebuild = rebuild::<B, D>;
-        let p = match cast::<B::FloatTensorPrimitive, FlexTensor>(prim(x)) {
-            Ok(t) => {
-                let t = prepare(t);
-                return match kernel(&t) {
-                    Some(y) => Ok(rebuild(back(y))),
-                    None => Err(rebuild(back(t))),
-                };
-            }
-            Err(p) => p,
-        };
-        let mut ad = match cast::<B::FloatTensorPrimitive, AdTensor>(p) {
-            Ok(ad) => ad,
-            Err(p) => return Err(rebuild(p)),
-        };
-        ad.primitive = prepare(ad.primitive);
-        let Some(y) = kernel(&ad.primitive) else {
-            return Err(rebuild(back(ad)));
-        };
-        let out = match op
-            .prepare::<NoCheckpointing>([ad.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = state(&ad.primitive, &y);
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        };
-        Ok(rebuild(back(out)))
-    }
-
     /// The inverse cast, for a value that came from `B::FloatTensorPrimitive`.
     fn back<T: 'static, P: 'static>(t: T) -> P {
         match cast::<T, P>(t) {
@@ -1083,19 +1072,20 @@ mod flex {
     }
 
     pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        apply(x, dense, gelu_forward, GeluOp, |input, _| input.clone())
+        // The backward needs the input.
+        apply1(x, dense, |t| Some((gelu_forward(t)?, t.clone())), GeluOp)
     }
 
     pub fn scaled_softmax<B: Backend, const D: usize>(
         x: Tensor<B, D>,
         scale: f32,
     ) -> Result<Tensor<B, D>, Tensor<B, D>> {
-        apply(
+        // The backward needs the output.
+        apply1(
             x,
             dense,
-            |t| softmax_forward(t, scale),
+            |t| softmax_forward(t, scale).map(|y| (y.clone(), y)),
             SoftmaxOp(scale),
-            |_, output| output.clone(),
         )
     }
 }

@@ -149,24 +149,19 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         keep_probs: bool,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let [b, t, d] = x.dims();
-        let tq = queries.dims()[1];
         let h = self.heads;
-        let hd = d / h;
+        let hd = x.dims()[2] / h;
         let scale = 1.0 / (hd as f32).sqrt();
         let q = linear_tokens(&self.query, queries);
         let k = linear_tokens(&self.key, x.clone());
         let v = linear_tokens(&self.value, x);
         let dropout_active = self.attn_drop.prob != 0.0 && B::ad_enabled(&q.device());
         let (ctx, kept) = if keep_probs || dropout_active {
-            // Heads split into contiguous [B, H, T, hd] (one row copy on Flex, see `kernels`).
-            let split = |y: Tensor<B, 3>, t: usize| crate::kernels::swap_dims_12(y.reshape([b, t, h, hd]));
-            // softmax(q·kᵀ / √hd), the scaling fused into the softmax (one pass on Flex).
-            let probs =
-                crate::kernels::scaled_softmax(split(q, tq).matmul(split(k, t).swap_dims(2, 3)), scale);
+            // softmax(q·kᵀ / √hd) as its own tensor, to keep and/or drop out.
+            let probs = crate::kernels::attention_probs(q, k, h, scale);
             let kept = keep_probs.then(|| probs.clone());
-            let ctx = crate::kernels::dropout(probs, self.attn_drop.prob).matmul(split(v, t));
-            (crate::kernels::swap_dims_12(ctx).reshape([b, tq, d]), kept)
+            let probs = crate::kernels::dropout(probs, self.attn_drop.prob);
+            (crate::kernels::attention_context(probs, v), kept)
         } else {
             // The same maths as one fused op (the probabilities are neither kept nor dropped).
             (crate::kernels::attention(q, k, v, h, scale), None)

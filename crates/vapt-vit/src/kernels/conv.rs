@@ -13,10 +13,10 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::flex::{apply2, dense, f32_slice};
+use super::flex::{apply2, dense, f32_slice, sum_partials, tensor, values};
 
 /// Sizes of one conv: input `[b, h, w, c]`, kernel `k × k` with `kc` (1 or `c`) channels, padding
 /// `p`, output `[b, ho, wo, c]`.
@@ -119,7 +119,7 @@ fn forward(x: &FlexTensor, kernel: &FlexTensor, padding: usize) -> Option<(FlexT
             }
         }
     });
-    let y = FlexTensor::from_data(TensorData::new(out, [g.b, g.ho, g.wo, g.c]));
+    let y = tensor(out, [g.b, g.ho, g.wo, g.c]);
     let state = ConvState {
         x: x.clone(),
         taps: Arc::new(taps),
@@ -139,9 +139,7 @@ impl Backward<Flex, 2> for ConvOp {
         let [px, pk] = ops.parents;
         let st = &ops.state;
         let g = st.geometry;
-        let (Some(gs), Some(xs)) = (f32_slice(&gt), f32_slice(&st.x)) else {
-            unreachable!("conv state and gradient are contiguous f32")
-        };
+        let (gs, xs) = (values(&gt), values(&st.x));
         let (in_row, out_row) = (g.w * g.c, g.wo * g.c);
         if let Some(node) = px {
             // dx[b, iy, ix] = Σ taps[dy, dx] ⊙ g[b, iy + p − dy, ix + p − dx]; one task per input row.
@@ -163,46 +161,36 @@ impl Backward<Flex, 2> for ConvOp {
                     }
                 }
             });
-            grads.register::<Flex>(
-                node.id,
-                FlexTensor::from_data(TensorData::new(dx, [g.b, g.h, g.w, g.c])),
-            );
+            grads.register::<Flex>(node.id, tensor(dx, [g.b, g.h, g.w, g.c]));
         }
         if let Some(node) = pk {
             // dtaps[dy, dx] = Σ g[b, oy, ox] ⊙ x[b, oy + dy − p, ox + dx − p]: partial sums per
             // output row, reduced.
             let kk = g.k * g.k * g.c;
-            let dtaps = (0..g.b * g.ho)
+            let partials = (0..g.b * g.ho)
                 .into_par_iter()
-                .fold(
-                    || vec![0.0f32; kk],
-                    |mut acc, r| {
-                        let (bi, oy) = (r / g.ho, r % g.ho);
-                        let g_row = &gs[r * out_row..][..out_row];
-                        for dy in 0..g.k {
-                            let Some(iy) = Geometry::input(oy, dy, g.p, g.h) else {
-                                continue;
-                            };
-                            let x_row = &xs[(bi * g.h + iy) * in_row..][..in_row];
-                            for dxi in 0..g.k {
-                                let a = &mut acc[(dy * g.k + dxi) * g.c..][..g.c];
-                                for ox in 0..g.wo {
-                                    if let Some(ix) = Geometry::input(ox, dxi, g.p, g.w) {
-                                        fma_row(a, &g_row[ox * g.c..][..g.c], &x_row[ix * g.c..][..g.c]);
-                                    }
+                .map(|r| {
+                    let mut acc = vec![0.0f32; kk];
+                    let (bi, oy) = (r / g.ho, r % g.ho);
+                    let g_row = &gs[r * out_row..][..out_row];
+                    for dy in 0..g.k {
+                        let Some(iy) = Geometry::input(oy, dy, g.p, g.h) else {
+                            continue;
+                        };
+                        let x_row = &xs[(bi * g.h + iy) * in_row..][..in_row];
+                        for dxi in 0..g.k {
+                            let a = &mut acc[(dy * g.k + dxi) * g.c..][..g.c];
+                            for ox in 0..g.wo {
+                                if let Some(ix) = Geometry::input(ox, dxi, g.p, g.w) {
+                                    fma_row(a, &g_row[ox * g.c..][..g.c], &x_row[ix * g.c..][..g.c]);
                                 }
                             }
                         }
-                        acc
-                    },
-                )
-                .reduce(
-                    || vec![0.0f32; kk],
-                    |mut a, b| {
-                        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                        a
-                    },
-                );
+                    }
+                    acc
+                })
+                .collect();
+            let dtaps = sum_partials(partials, kk);
             // Back to the kernel layout [kc, K, K]; a shared kernel sums over the channels.
             let mut dk = vec![0.0f32; g.kc * g.k * g.k];
             for t in 0..g.k * g.k {
@@ -215,10 +203,7 @@ impl Backward<Flex, 2> for ConvOp {
                     }
                 }
             }
-            grads.register::<Flex>(
-                node.id,
-                FlexTensor::from_data(TensorData::new(dk, [g.kc, g.k, g.k])),
-            );
+            grads.register::<Flex>(node.id, tensor(dk, [g.kc, g.k, g.k]));
         }
     }
 }

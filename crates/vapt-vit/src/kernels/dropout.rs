@@ -10,12 +10,12 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops};
-use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::flex::Flex;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor};
 use rayon::prelude::*;
 
-use super::flex::{apply1, dense, f32_slice};
+use super::flex::{apply1, dense, f32_slice, tensor, values};
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
@@ -76,10 +76,7 @@ impl Backward<Flex, 1> for DropoutOp {
         let mask = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
             let g = dense(g);
-            let Some(gs) = f32_slice(&g) else {
-                unreachable!("the gradient of an f32 dropout is f32")
-            };
-            FlexTensor::from_data(TensorData::new(mask.run(gs), g.layout().shape().clone()))
+            tensor(mask.run(values(&g)), g.layout().shape().clone())
         });
     }
 }
@@ -99,12 +96,10 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Result<Te
     let mask = Mask::new(seed, p);
     apply1(
         x,
+        dense,
         |x| {
             let y = mask.run(f32_slice(x)?);
-            Some((
-                FlexTensor::from_data(TensorData::new(y, x.layout().shape().clone())),
-                mask,
-            ))
+            Some((tensor(y, x.layout().shape().clone()), mask))
         },
         DropoutOp,
     )

@@ -15,11 +15,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::flex::{
-    apply3, dense, f32_slice, rows_per_task, softmax_grad_rows_in_place, softmax_rows_in_place,
+    apply3, dense, f32_slice, rows_per_task, softmax_grad_rows_in_place, softmax_rows_in_place, sum_partials,
+    tensor, values,
 };
 
 /// A strided, read-only f32 matrix view: element `(i, j)` at `data[off + i·rs + j·cs]`.
@@ -149,10 +150,6 @@ unsafe fn filled(len: usize, write: impl FnOnce(Out)) -> Vec<f32> {
     v
 }
 
-fn tensor(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape.to_vec()))
-}
-
 fn dims(t: &FlexTensor) -> &[usize] {
     t.layout().shape().as_slice()
 }
@@ -203,7 +200,7 @@ fn linear_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> Option<(Fle
         x: x.clone(),
         w: w.clone(),
     };
-    Some((tensor(y, &[m, n]), state))
+    Some((tensor(y, [m, n]), state))
 }
 
 #[derive(Debug)]
@@ -215,11 +212,7 @@ impl Backward<Flex, 3> for LinearOp {
     fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let g = dense(grads.consume::<Flex>(&ops.node));
         let [px, pw, pb] = ops.parents;
-        let (Some(gs), Some(xs), Some(ws)) =
-            (f32_slice(&g), f32_slice(&ops.state.x), f32_slice(&ops.state.w))
-        else {
-            unreachable!("linear state and gradient are contiguous f32")
-        };
+        let (gs, xs, ws) = (values(&g), values(&ops.state.x), values(&ops.state.w));
         let (&[m, k], &[_, n]) = (dims(&ops.state.x), dims(&ops.state.w)) else {
             unreachable!("linear operands are matrices")
         };
@@ -232,7 +225,7 @@ impl Backward<Flex, 3> for LinearOp {
                     gemm_into(o.at(0), k, gm, Mat::rows(ws, 0, k, n, n).t(), false, true)
                 })
             };
-            grads.register::<Flex>(node.id, tensor(dx, &[m, k]));
+            grads.register::<Flex>(node.id, tensor(dx, [m, k]));
         }
         if let Some(node) = pw {
             // dW = xᵀ·g
@@ -242,11 +235,11 @@ impl Backward<Flex, 3> for LinearOp {
                     gemm_into(o.at(0), n, Mat::rows(xs, 0, m, k, k).t(), gm, false, true)
                 })
             };
-            grads.register::<Flex>(node.id, tensor(dw, &[k, n]));
+            grads.register::<Flex>(node.id, tensor(dw, [k, n]));
         }
         if let Some(node) = pb {
             // db = Σ_rows g, one partial sum per task.
-            let db = gs
+            let partials = gs
                 .par_chunks(rows_per_task(n) * n)
                 .map(|chunk| {
                     let mut acc = vec![0.0f32; n];
@@ -257,16 +250,9 @@ impl Backward<Flex, 3> for LinearOp {
                     }
                     acc
                 })
-                .reduce(
-                    || vec![0.0f32; n],
-                    |mut a, b| {
-                        for (x, y) in a.iter_mut().zip(&b) {
-                            *x += y;
-                        }
-                        a
-                    },
-                );
-            grads.register::<Flex>(node.id, tensor(db, &[n]));
+                .collect();
+            let db = sum_partials(partials, n);
+            grads.register::<Flex>(node.id, tensor(db, [n]));
         }
     }
 }
@@ -391,11 +377,11 @@ fn attention_forward(
         q: q.clone(),
         k: k.clone(),
         v: v.clone(),
-        probs: tensor(probs, &[a.b, heads, tq, tk]),
+        probs: tensor(probs, [a.b, heads, tq, tk]),
         heads,
         scale,
     };
-    Some((tensor(ctx, &[a.b, tq, d]), state))
+    Some((tensor(ctx, [a.b, tq, d]), state))
 }
 
 #[derive(Debug)]
@@ -408,15 +394,15 @@ impl Backward<Flex, 3> for AttentionOp {
         let g = dense(grads.consume::<Flex>(&ops.node));
         let [pq, pk, pv] = ops.parents;
         let st = &ops.state;
-        let (Some(gs), Some(qs), Some(ks), Some(vs), Some(ps), Some(a)) = (
-            f32_slice(&g),
-            f32_slice(&st.q),
-            f32_slice(&st.k),
-            f32_slice(&st.v),
-            f32_slice(&st.probs),
-            AttnDims::new(&st.q, &st.k, &st.v, st.heads),
-        ) else {
-            unreachable!("attention state and gradient are contiguous f32 of the forward's shapes")
+        let (gs, qs, ks, vs, ps) = (
+            values(&g),
+            values(&st.q),
+            values(&st.k),
+            values(&st.v),
+            values(&st.probs),
+        );
+        let Some(a) = AttnDims::new(&st.q, &st.k, &st.v, st.heads) else {
+            unreachable!("the attention state has the forward's shapes")
         };
         let (tq, tk, d, hd) = (a.tq, a.tk, a.d, a.hd);
         let sizes = [a.b * tq * d, a.b * tk * d, a.b * tk * d];
@@ -469,7 +455,7 @@ impl Backward<Flex, 3> for AttentionOp {
             if let Some(node) = parent {
                 // SAFETY: wanted buffers were written in full by the tasks (every head block).
                 unsafe { buf.set_len(size) };
-                grads.register::<Flex>(node.id, tensor(buf, &shape));
+                grads.register::<Flex>(node.id, tensor(buf, shape));
             }
         }
     }

@@ -13,20 +13,16 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{unary, Backward, Ops};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use super::flex::{apply1, apply2, dense, f32_slice};
+use super::flex::{apply1, apply2, dense, f32_slice, tensor, values};
 
 fn dims3(t: &FlexTensor) -> Option<[usize; 3]> {
     match t.layout().shape().as_slice() {
         &[b, t, d] => Some([b, t, d]),
         _ => None,
     }
-}
-
-fn tensor(data: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
 }
 
 /// `[B, T, D]` → rows `start..start + len` of every sample, `[B, len, D]`.
@@ -83,10 +79,10 @@ impl Backward<Flex, 1> for NarrowOp {
         let r = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
             let g = dense(g);
-            let Some(gs) = f32_slice(&g) else {
-                unreachable!("the gradient of an f32 narrow is f32")
-            };
-            tensor(with_rows(None, r.shape, r.start, Some(gs), r.len), r.shape)
+            tensor(
+                with_rows(None, r.shape, r.start, Some(values(&g)), r.len),
+                r.shape,
+            )
         });
     }
 }
@@ -95,6 +91,7 @@ impl Backward<Flex, 1> for NarrowOp {
 pub fn narrow<B: Backend>(x: Tensor<B, 3>, start: usize, len: usize) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
     apply1(
         x,
+        dense,
         |x| {
             let shape = dims3(x)?;
             if start + len > shape[1] {
@@ -116,9 +113,7 @@ impl Backward<Flex, 2> for ReplaceOp {
     fn backward(self, ops: Ops<Range3, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let r = ops.state;
         let g = dense(grads.consume::<Flex>(&ops.node));
-        let Some(gs) = f32_slice(&g) else {
-            unreachable!("the gradient of an f32 replace is f32")
-        };
+        let gs = values(&g);
         let [px, pp] = ops.parents;
         if let Some(node) = pp {
             let dp = rows(gs, r.shape, r.start, r.len);
@@ -181,10 +176,10 @@ impl Backward<Flex, 1> for ScaleChannelsOp {
         let m = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
             let g = dense(g);
-            let (Some(gs), Some(shape)) = (f32_slice(&g), dims3(&g)) else {
-                unreachable!("the gradient of an f32 [B, S, C] scaling is f32 [B, S, C]")
+            let Some(shape) = dims3(&g) else {
+                unreachable!("the gradient of a [B, S, C] scaling is [B, S, C]")
             };
-            tensor(scale_rows(gs, shape, &m), shape)
+            tensor(scale_rows(values(&g), shape, &m), shape)
         });
     }
 }
@@ -206,6 +201,7 @@ pub fn scale_channels<B: Backend>(
     let m = Arc::new(m);
     apply1(
         x,
+        dense,
         |x| {
             let shape = dims3(x)?;
             let y = scale_rows(f32_slice(x)?, shape, &m);
