@@ -1,4 +1,4 @@
-//! Backbone tests against the parity fixtures (`../shared/fixtures/parity/*/backbone.npz`).
+//! Backbone tests against the parity fixtures (`tests/fixtures/parity/*/backbone.npz`).
 //!
 //! The reference values checked here are computed independently in the test (index arithmetic on
 //! the npz arrays) or come from the authors' code (the fixtures' `io.safetensors`).
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use vapt_tests::{fixture, read_safetensors, tolerance_fraction, FixtureTensor};
-use vapt_vit::weights::{self, native, npz, Layout};
+use vapt_vit::weights::{self, npz, Layout};
 use vapt_vit::{load_pretrained, LoadError, LoadOptions, RawTensor, TensorMap, Vit, VitConfig};
 
 type B = Flex;
@@ -64,7 +64,7 @@ fn loaded_tensors_equal_the_file() {
         get(weights::google::POS_EMBED).data
     );
     assert_eq!(
-        values(model.norm.gamma.val()),
+        values(model.norm.weight.val()),
         get("Transformer/encoder_norm/scale").data
     );
     // Patch kernel: native row c·p² + ky·p + kx, column d  <-  HWIO kernel[ky, kx, c, d].
@@ -99,7 +99,7 @@ fn loaded_tensors_equal_the_file() {
         let fc1 = get(&format!("Transformer/encoderblock_{i}/MlpBlock_3/Dense_0/kernel"));
         assert_eq!(values(block.mlp.fc1.weight.val()), fc1.data);
         let ln = get(&format!("Transformer/encoderblock_{i}/LayerNorm_2/bias"));
-        assert_eq!(values(block.norm2.beta.as_ref().unwrap().val()), ln.data);
+        assert_eq!(values(block.norm2.bias.val()), ln.data);
     }
 }
 
@@ -385,7 +385,7 @@ fn timm_fused_qkv_safetensors_gives_the_npz_outputs() {
     let _ = p;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    native::write_safetensors(&path, &timm).unwrap();
+    weights::write_safetensors(&path, &timm).unwrap();
     let (map, _) = weights::read_any(&path).unwrap();
     assert_eq!(Layout::detect(&map).unwrap(), Layout::Timm);
     // timm does not store the head count; give the architecture explicitly.
@@ -487,7 +487,7 @@ fn unreadable_files_name_the_file() {
     let mut map = TensorMap::new(&odd);
     map.insert("patch_embed.weight", RawTensor::new(vec![3], vec![0.0; 3]));
     map.insert("cls_token", RawTensor::new(vec![5], vec![0.0; 5]));
-    native::write_safetensors(&odd, &map).unwrap();
+    weights::write_safetensors(&odd, &map).unwrap();
     let msg = load_pretrained::<B>(&odd, &LoadOptions::default(), &device())
         .unwrap_err()
         .to_string();

@@ -6,10 +6,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
-use vapt_experts::params::expert_gradients;
-use vapt_experts::parity::run_parity;
-use vapt_experts::{cross_entropy, Method, PromptConfig, PromptedVit, Trace};
+use vapt_experts::{expert_gradients, Method, PromptConfig, PromptedVit, Trace};
 use vapt_tests::fixture;
+use vapt_train::{cross_entropy, run_parity};
 use vapt_vit::{load_pretrained, LoadOptions, Vit, VitConfig};
 
 type A = Autodiff<Flex>;
@@ -122,7 +121,7 @@ fn frozen_backbone_gets_no_gradient_and_is_bit_identical_after_a_step() {
         for block in &b.blocks {
             assert!(block.attn.query.weight.val().grad(&grads).is_none());
             assert!(block.mlp.fc2.weight.val().grad(&grads).is_none());
-            assert!(block.norm1.gamma.val().grad(&grads).is_none());
+            assert!(block.norm1.weight.val().grad(&grads).is_none());
         }
         let gp = GradientsParams::from_grads(grads, &model);
         let mut optim = SgdConfig::new().init::<A, PromptedVit<A>>();
@@ -193,12 +192,12 @@ fn moving_a_prompt_key_towards_a_query_moves_mass_to_the_prompt_experts() {
     let q0 = q.narrow(2, 0, 12).mean_dim(0).reshape([1, 12]); // head 0
     let wk = block.attn.key.weight.val().narrow(1, 0, 12); // [D, 12]
     let dir = q0.matmul(wk.transpose()); // [1, D]: gradient of q·k wrt u
-    let gamma = block.norm1.gamma.val().unsqueeze::<2>();
+    let gamma = block.norm1.weight.val().unsqueeze::<2>();
     let p = (dir / gamma).mul_scalar(50.0);
     let mut moved = model.clone();
-    if let Some(prompts) = moved.prompts.as_mut() {
-        let [np, d] = prompts.prompt.dims();
-        prompts.prompt = burn::module::Param::from_tensor(p.expand([np, d]));
+    if let Some(prompts) = moved.prompt.as_mut() {
+        let [np, d] = prompts.r#static.dims();
+        prompts.r#static = burn::module::Param::from_tensor(p.expand([np, d]));
     }
     let after = moved.moe_view(x).blocks[0][0].cls_query.prompt;
     assert!(after > before + 0.05, "prompt mass {before:.4} -> {after:.4}");
@@ -386,7 +385,6 @@ fn reference_generator(patches: &[f64], b: usize, cfg: &PromptConfig, p: &Tensor
 /// Fills every expert tensor with deterministic non-zero values (the official init zeroes the
 /// token projector, which would hide layout mistakes).
 fn randomise(model: PromptedVit<A>) -> PromptedVit<A> {
-    let device = Default::default();
     let mut map = model.export_experts();
     for (i, t) in map.tensors.values_mut().enumerate() {
         let n = t.data.len();
@@ -395,7 +393,7 @@ fn randomise(model: PromptedVit<A>) -> PromptedVit<A> {
             .collect();
         *t = RawTensor::new(t.shape.clone(), data);
     }
-    model.import_experts(&map, &device).unwrap()
+    model.import_experts(&map).unwrap()
 }
 
 #[test]
@@ -493,8 +491,11 @@ fn adaptive_generator_matches_an_independent_reference_for_every_knob() {
         let model = randomise(PromptedVit::new(vit, cfg.clone(), &device).unwrap());
         let exported = model.export_experts();
         let x = Tensor::<A, 3>::from_data(TensorData::new(patches.clone(), [b, n, d]), &device);
-        for k in 0..model.generators.len() {
-            let (p, _) = model.generators[k].forward(x.clone(), model.shared_mlp.as_ref(), false);
+        let Some(adaptive) = &model.vapt else {
+            panic!("a VAPT model has adaptive experts")
+        };
+        for k in 0..adaptive.blocks.len() {
+            let (p, _) = adaptive.generate(k, x.clone(), false);
             let ours = values(p);
             let expect = reference_generator(&patches64, b, &cfg, &exported, k);
             let max = expect.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -517,7 +518,7 @@ fn vpt_depth_uses_deep_static_prompts_before_the_adaptive_blocks() {
     let mut cfg = PromptConfig::new(Method::Vapt, 4, 7).without_dropout();
     cfg.vapt.vpt_depth = 3;
     let model = randomise(PromptedVit::new(vit, cfg, &device).unwrap());
-    assert_eq!(model.generators.len(), 1);
+    assert_eq!(model.vapt.as_ref().map(|v| v.blocks.len()), Some(1));
     let deep = model.export_experts().tensors["prompt.deep_static"].clone();
     assert_eq!(deep.shape, vec![2, 4, 48]);
     let (x, _) = batch();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use vapt_train::monitor::Quiet;
-use vapt_train::run::read_result;
+use vapt_train::run_dir::read_result;
 use vapt_train::sweep::{self, PointOutcome, SweepSpec};
 use vapt_train::{train, RunOptions, RunStatus, TrainConfig, TrainError};
 
@@ -117,4 +117,48 @@ fn a_two_by_two_sweep_completes_then_skips_every_point() {
     );
     let md = sweep::markdown(&spec, &summary);
     assert!(md.contains(&format!("chosen: lr {lr}, wd {wd}")), "{md}");
+}
+
+/// What `examples/classify.rs` shows: a finished run, loaded from a program, scores its split as
+/// the run did and ranks the classes of an image.
+#[test]
+fn a_finished_run_scores_and_predicts_from_a_program() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 4);
+    let dev = Default::default();
+    // A weights file, so that loading does not depend on Burn's (process-global) generator.
+    let weights = tmp.path().join("vit.safetensors");
+    vapt_vit::VitConfig::from_variant("D32-L2-H2-M64-P4")
+        .unwrap()
+        .with_image_size(16)
+        .init::<Flex>(&dev)
+        .save_safetensors(&weights, None)
+        .unwrap();
+    let mut cfg = tiny_config(tmp.path());
+    cfg.backbone.weights = Some(weights);
+    cfg.backbone.variant = "auto".into();
+    cfg.backbone.image_size = None;
+    cfg.optim.epochs = 2;
+    let out = tmp.path().join("run");
+    train::<A>(&cfg, &opts(&out, false, None), &dev, &mut Quiet).unwrap();
+    let result = read_result(&out).unwrap().expect("finished");
+
+    let model = vapt_train::Predictor::<Flex>::load(&out, None, &dev).unwrap();
+    let score = model.evaluate(&cfg.data, 3, &dev).unwrap();
+    assert_eq!((score.split.as_str(), score.images), ("test", 8));
+    assert_eq!(score.top1, result.eval_top1, "the run's own last-epoch score");
+    let image = tmp.path().join("patch_camelyon/images/test_17.png");
+    let top = model.predict_file(&image, 5, &dev).unwrap();
+    assert_eq!(top.len(), 2, "two classes");
+    assert!(top[0].probability >= top[1].probability);
+    assert!((top[0].probability + top[1].probability - 1.0).abs() < 1e-5);
+
+    let err = vapt_train::Predictor::<Flex>::load(&tmp.path().join("nowhere"), None, &dev)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("nowhere") && err.contains("prompts artifact"),
+        "{err}"
+    );
 }

@@ -1,23 +1,36 @@
 //! Shared helpers for vapt's cross-crate integration tests: locating the parity fixtures
-//! (`../shared/fixtures/parity`, or `$VAPT_FIXTURES`), reading their safetensors files and
-//! comparing tensors with the fixtures' tolerance rule.
+//! (`tests/fixtures/parity` in the repository, or `$VAPT_FIXTURES`), reading their safetensors
+//! files and comparing tensors with the fixtures' tolerance rule.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use safetensors::tensor::Dtype;
 
-/// Root of the parity fixtures: `$VAPT_FIXTURES`, else `<repo>/../shared/fixtures/parity`.
+/// Root of the parity fixtures: `$VAPT_FIXTURES`, else the repository's copy,
+/// `tests/fixtures/parity`.
 pub fn fixtures_root() -> PathBuf {
     match std::env::var_os("VAPT_FIXTURES") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/parity"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/parity"),
     }
 }
 
 /// Folder of one fixture, e.g. `c_vapt_default`.
 pub fn fixture(name: &str) -> PathBuf {
     fixtures_root().join(name)
+}
+
+/// Reports a test that cannot run here (a missing driver or program) as `skipped: <why>` on the
+/// terminal — written past the test harness's output capture, so it shows in a plain
+/// `cargo test` — unless `require` names an environment variable set to `1` (as `.ci/run` sets
+/// `VAPT_REQUIRE_*`), which turns the skip into a failure.
+pub fn skip_unless_required(require: &str, why: &str) {
+    if std::env::var(require).is_ok_and(|v| v == "1") {
+        panic!("{require}=1, but {why}");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped: {why}");
 }
 
 /// A tensor from a fixture file: shape and values as f64 (integers converted).
@@ -112,4 +125,44 @@ pub fn write_tiny_vtab(root: &std::path::Path, per_class: usize) -> PathBuf {
         std::fs::write(dir.join(format!("{split}.txt")), text).expect("write list");
     }
     dir
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// The repository's fixtures are byte-identical to the authors' files listed in
+    /// `SHA256SUMS` (`sha256sum -c SHA256SUMS` checks the same), and nothing is unlisted.
+    #[test]
+    fn the_fixtures_match_their_sha256_list() {
+        let root = super::fixtures_root();
+        let sums = std::fs::read_to_string(root.join("SHA256SUMS")).expect("SHA256SUMS");
+        let mut listed = Vec::new();
+        for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+            let (hash, name) = line.split_once("  ").expect("`<sha256>  <path>` lines");
+            let name = name.trim_start_matches("./");
+            let bytes = std::fs::read(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, hash, "{name}");
+            listed.push(name.to_string());
+        }
+        let mut files = Vec::new();
+        for dir in std::fs::read_dir(&root).unwrap().flatten() {
+            let p = dir.path();
+            if p.is_dir() {
+                for f in std::fs::read_dir(&p).unwrap().flatten() {
+                    files.push(f.path().strip_prefix(&root).unwrap().display().to_string());
+                }
+            } else if p.file_name().is_some_and(|n| n != "SHA256SUMS") {
+                files.push(p.strip_prefix(&root).unwrap().display().to_string());
+            }
+        }
+        files.sort();
+        listed.sort();
+        assert_eq!(files, listed, "every fixture file is listed");
+        assert!(listed.len() >= 25, "{} files", listed.len());
+    }
 }

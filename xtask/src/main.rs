@@ -5,7 +5,8 @@
 //! * `cargo xtask bench [ARGS..]` — build `vapt` in release mode and run `vapt bench ARGS..`.
 //! * `cargo xtask pretrain [--src FILE] [--epochs N] [--force]` — pre-train the shipped tiny ViT on
 //!   MNIST (see `mnist.rs`) and write `datasets/weights/vit-mnist.safetensors`.
-//! * `cargo xtask ci` — what CI runs: fmt check, clippy, tests, and a `cuda` feature check.
+//! * `cargo xtask ci` — what CI runs (`.ci/run`): fmt check, clippy and tests with and without the
+//!   CPU kernels, and a `cuda` feature check.
 //! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
 //!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
 
@@ -77,6 +78,31 @@ fn vapt_output(args: &[String]) -> Result<String> {
 
 fn vapt_raw(args: &[String]) -> Result<()> {
     run(vapt_command().args(args))
+}
+
+/// A readable UTC time for folder names, `2026-12-02T03-55-12Z` (colons would trouble some
+/// filesystems and tools), from the civil-from-days algorithm (no time-zone database needed).
+fn utc_stamp(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
 }
 
 /// Runs the embedded default on the best device: CUDA when `nvidia-smi` answers (built with the
@@ -166,10 +192,7 @@ fn bench_gpu(args: &[String]) -> Result<()> {
 fn default_train_args() -> Vec<String> {
     let root = repo_root();
     let weights = root.join(SHIPPED_WEIGHTS);
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = utc_stamp(std::time::SystemTime::now());
     let mut args = fashion_recipe(&root, "20");
     args.extend(["--method".into(), "vapt".into(), "--out".into()]);
     args.push(root.join(format!("runs/default/{stamp}")).display().to_string());
@@ -211,10 +234,7 @@ fn pretrain(args: &[String]) -> Result<()> {
     eprintln!("xtask: reading {}", src.display());
     let splits = mnist::read(&src)?;
     mnist::write_task(&data, &splits)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let stamp = utc_stamp(std::time::SystemTime::now());
     let out = root.join(format!("target/pretrain/{stamp}"));
     let train: Vec<String> = [
         "--plain",
@@ -384,11 +404,9 @@ fn compare(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// What CI runs: `.ci/run`, the one list of CI steps.
 fn ci() -> Result<()> {
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test", "--workspace"]))?;
-    run(cargo().args(["check", "-p", "vapt-cli", "--features", "cuda"]))
+    run(Command::new("bash").arg(repo_root().join(".ci/run")))
 }
 
 fn fashion(args: &[String]) -> Result<()> {
@@ -451,5 +469,20 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn run_folders_are_named_by_readable_utc_time() {
+        let at = |secs: u64| super::utc_stamp(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01-01T00-00-00Z");
+        // 2026-12-02 03:55:12 UTC; a leap day; the last second of a year.
+        assert_eq!(at(1_796_183_712), "2026-12-02T03-55-12Z");
+        assert_eq!(at(1_709_208_000), "2024-02-29T12-00-00Z");
+        assert_eq!(at(1_735_689_599), "2024-12-31T23-59-59Z");
     }
 }

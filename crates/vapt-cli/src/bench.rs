@@ -13,7 +13,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use clap::Args;
 use serde_json::json;
-use vapt_experts::{cross_entropy, ParamReport, PromptedVit};
+use vapt_experts::{ParamReport, PromptedVit};
+use vapt_train::cross_entropy;
 use vapt_vit::VitConfig;
 
 use crate::device::{DeviceSpec, Job};
@@ -168,6 +169,7 @@ fn bench_one<B: AutodiffBackend>(
     Ok(json!({
         "device": spec.to_string(),
         "backend": B::name(device),
+        "cpu_kernels": vapt_vit::vapt_kernels::fused_on::<B>(),
         "threads": rayon::current_num_threads(),
         "variant": vit.display_name(),
         "method": cfg.method.name(),
@@ -198,11 +200,16 @@ fn peak_rss_mib() -> Option<f64> {
 fn print_one(r: &serde_json::Value, args: &BenchArgs) {
     let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "{} {} on {} ({}), batch {} at {}², {} threads",
+        "{} {} on {} ({}{}), batch {} at {}², {} threads",
         r["method"].as_str().unwrap_or("?"),
         r["variant"].as_str().unwrap_or("?"),
         r["device"].as_str().unwrap_or("?"),
         r["backend"].as_str().unwrap_or("?"),
+        if r["cpu_kernels"].as_bool() == Some(true) {
+            ", vapt's CPU kernels"
+        } else {
+            ""
+        },
         args.batch_size,
         args.image_size,
         r["threads"],

@@ -100,10 +100,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
             let set = ImageSet::new(split, t, 0);
             let idx: Vec<usize> = (0..n).collect();
             let start = Instant::now();
-            let items = set.items(&idx)?;
+            let items = set.items(&idx, 0)?;
             let cold = start.elapsed().as_secs_f64();
             let start = Instant::now();
-            let again = set.items(&idx)?;
+            let again = set.items(&idx, 0)?;
             let warm = start.elapsed().as_secs_f64();
             let threads = rayon::current_num_threads();
             println!(

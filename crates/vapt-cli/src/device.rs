@@ -66,7 +66,9 @@ pub trait Job {
 }
 
 /// Runs `job` on the backend named by `spec`; a backend not compiled in is an error that says
-/// which cargo feature to enable.
+/// which cargo feature to enable, and a device that is not there (no WGPU adapter, no CUDA driver
+/// or GPU) is an error that says what is missing — found by probing before any model is built,
+/// since Burn's runtimes panic instead.
 pub fn dispatch<J: Job>(spec: DeviceSpec, job: J) -> Result<J::Output> {
     use burn::backend::{Autodiff, Flex};
     match spec {
@@ -79,6 +81,7 @@ pub fn dispatch<J: Job>(spec: DeviceSpec, job: J) -> Result<J::Output> {
 #[cfg(feature = "wgpu")]
 fn run_wgpu<J: Job>(index: Option<usize>, job: J) -> Result<J::Output> {
     use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    probe_wgpu(index)?;
     let device = match index {
         None => WgpuDevice::DefaultDevice,
         Some(i) => WgpuDevice::DiscreteGpu(i),
@@ -97,6 +100,7 @@ fn run_wgpu<J: Job>(_index: Option<usize>, _job: J) -> Result<J::Output> {
 #[cfg(feature = "cuda")]
 fn run_cuda<J: Job>(index: usize, job: J) -> Result<J::Output> {
     use burn::backend::cuda::{Cuda, CudaDevice};
+    probe_cuda(index)?;
     job.run::<burn::backend::Autodiff<Cuda>>(CudaDevice { index })
 }
 
@@ -107,6 +111,105 @@ fn run_cuda<J: Job>(index: usize, _job: J) -> Result<J::Output> {
          feature: `cargo build --release -p vapt-cli --features cuda` (no CUDA toolkit is needed to \
          build; the driver's libcuda is loaded at run time)"
     )
+}
+
+/// Drives a future that resolves without waiting (wgpu's native adapter calls) to completion.
+#[cfg(feature = "wgpu")]
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Checks that Burn's WGPU backend will find the adapter `wgpu[:index]` asks for (the default
+/// adapter, or the index-th discrete GPU), as Burn selects it, without Burn's panic.
+#[cfg(feature = "wgpu")]
+fn probe_wgpu(index: Option<usize>) -> Result<()> {
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    let backend = AutoGraphicsApi::backend();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backend.into(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = block_on(instance.enumerate_adapters(backend.into()));
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    if infos.is_empty() {
+        anyhow::bail!(
+            "--device wgpu: no WGPU adapter found ({backend:?}: no driver answered). Install a \
+             {backend:?} driver for your GPU; on a machine without one, Mesa's software driver \
+             works (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers libvulkan1`). Or use \
+             --device cpu."
+        );
+    }
+    if let Some(i) = index {
+        let discrete = infos
+            .iter()
+            .filter(|a| a.device_type == wgpu::DeviceType::DiscreteGpu)
+            .count();
+        let other = infos
+            .iter()
+            .filter(|a| a.device_type == wgpu::DeviceType::Other)
+            .count();
+        if i >= discrete && i >= other {
+            let found: Vec<String> = infos
+                .iter()
+                .map(|a| format!("{} ({:?})", a.name, a.device_type))
+                .collect();
+            anyhow::bail!(
+                "--device wgpu:{i}: there is no discrete GPU number {i} ({discrete} found); the \
+                 adapters are: {}. Use --device wgpu for the default adapter.",
+                found.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the CUDA driver loads, initialises and has device `index`, before Burn's CUDA
+/// runtime would panic.
+#[cfg(feature = "cuda")]
+fn probe_cuda(index: usize) -> Result<()> {
+    // SAFETY: loading the NVIDIA driver library runs its initialisers, as Burn's runtime would.
+    let lib = ["libcuda.so.1", "libcuda.so", "nvcuda.dll", "libcuda.dylib"]
+        .iter()
+        .find_map(|name| unsafe { libloading::Library::new(name) }.ok());
+    let Some(lib) = lib else {
+        anyhow::bail!(
+            "--device cuda:{index}: no CUDA driver (libcuda.so.1 not found). Install the NVIDIA \
+             driver (`nvidia-smi` should list the GPU), or use --device cpu or --device wgpu."
+        );
+    };
+    // SAFETY: the two driver API entry points with their documented C signatures.
+    let (init, count) = unsafe {
+        let init = lib.get::<unsafe extern "C" fn(u32) -> i32>(b"cuInit\0");
+        let count = lib.get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cuDeviceGetCount\0");
+        match (init, count) {
+            (Ok(i), Ok(c)) => (*i, *c),
+            _ => {
+                anyhow::bail!("--device cuda:{index}: the CUDA driver library lacks cuInit/cuDeviceGetCount")
+            }
+        }
+    };
+    // SAFETY: cuInit takes flags (0) and cuDeviceGetCount writes one int.
+    let status = unsafe { init(0) };
+    if status != 0 {
+        anyhow::bail!(
+            "--device cuda:{index}: the CUDA driver did not initialise (CUresult {status}; 100 means \
+             no CUDA-capable GPU is visible): check `nvidia-smi` and CUDA_VISIBLE_DEVICES"
+        );
+    }
+    let mut n = 0i32;
+    // SAFETY: as above.
+    let status = unsafe { count(&mut n) };
+    if status != 0 || index >= n.max(0) as usize {
+        anyhow::bail!("--device cuda:{index}: {n} CUDA device(s) visible; use an index below {n}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use vapt_experts::parity::run_parity;
 use vapt_experts::{Activation, Method, ParamReport, PromptConfig};
+use vapt_train::parity::run_parity;
 use vapt_vit::VitConfig;
 
 use crate::device::Job;
@@ -205,5 +205,67 @@ impl Job for Parity {
         }
         println!("{}", report.verdict());
         Ok(report.pass())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Knobs of the configuration type that no flag sets: the official code hard-codes them.
+    const FIXED: [&str; 2] = ["vapt.conv_dropout", "vapt.norm_eps"];
+
+    fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+
+    /// Every knob of [`PromptConfig`] (but the class count, which comes from the data) has a
+    /// flag: setting every flag away from its default changes every knob.
+    #[test]
+    fn every_prompt_knob_has_a_flag() {
+        let args = ExpertArgs {
+            method: Some(Method::VptShallow),
+            num_prompts: Some(3),
+            prompt_dropout: Some(0.3),
+            vpt_depth: Some(2),
+            kernel: Some(3),
+            padding: Some(1),
+            per_channel_kernel: true,
+            no_conv: true,
+            hidden_dim: Some(4),
+            activation: Some(Activation::Gelu),
+            no_feat_projector: true,
+            unshared_projector: true,
+            learnable_scale: true,
+            dropout_mlp: Some(0.2),
+        };
+        let (mut default, mut set) = (Vec::new(), Vec::new());
+        leaves(
+            "",
+            &serde_json::to_value(PromptConfig::default()).unwrap(),
+            &mut default,
+        );
+        leaves("", &serde_json::to_value(args.config(0)).unwrap(), &mut set);
+        let unchanged: Vec<&str> = default
+            .iter()
+            .zip(&set)
+            .filter(|(a, b)| a == b)
+            .map(|(a, _)| a.0.as_str())
+            .filter(|k| *k != "num_classes" && !FIXED.contains(k))
+            .collect();
+        assert!(unchanged.is_empty(), "knobs without a flag: {unchanged:?}");
+        assert!(default.len() >= 15, "{default:?}");
     }
 }

@@ -5,6 +5,8 @@ mod bench;
 mod data;
 mod device;
 mod experts;
+mod infer;
+mod sweep;
 mod train;
 
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
 ///   vapt params --variant B/16 --method vapt --prompts 10
-///   vapt parity ../shared/fixtures/parity/c_vapt_default --device wgpu
+///   vapt parity tests/fixtures/parity/c_vapt_default --device wgpu
 ///   vapt data verify datasets/fashion-mnist-1k
 #[derive(Parser, Debug)]
 #[command(name = "vapt", version, verbatim_doc_comment)]
@@ -68,19 +70,19 @@ enum Command {
     /// --task dtd --lr 10 --wd 0.001
     Train(train::TrainArgs),
     /// Score a finished run (or a prompts artifact + --weights) on a split.
-    Eval(train::EvalArgs),
+    Eval(infer::EvalArgs),
     /// Classify images with a finished run or a prompts artifact: top classes and probabilities.
-    Predict(train::PredictArgs),
+    Predict(infer::PredictArgs),
     /// The VTAB/FGVC protocol for one task: lr × wd grid on train800 → val200, then 5 seeds on
     /// train800val200 → test, mean ± std. Resumable; `--point N` runs one point (job arrays);
     /// `vapt sweep report DIR` aggregates.
-    Sweep(train::SweepArgs),
+    Sweep(sweep::SweepArgs),
     /// The paper-layout table (tasks, group means, VTAB mean, tuned %) over finished sweeps, in
     /// Markdown, and CSV with --csv.
-    Report(train::ReportArgs),
+    Report(sweep::ReportArgs),
     /// The mixture-of-experts view of a trained model: attention gate mass on the prompt experts
     /// per block and head, as a table and a PNG heatmap.
-    Analyze(train::AnalyzeArgs),
+    Analyze(infer::AnalyzeArgs),
     /// Load a weights file, print its layout, architecture, parameter count and SHA-256, and run
     /// one forward pass on the chosen device as a smoke test.
     Inspect(InspectArgs),
@@ -252,14 +254,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
         Command::Params(args) => experts::params(&args)?,
         Command::Train(args) => dispatch(cli.device, train::TrainJob(args, cli.device))?,
-        Command::Eval(args) => dispatch(cli.device, train::EvalJob(args))?,
-        Command::Predict(args) => dispatch(cli.device, train::PredictJob(args))?,
+        Command::Eval(args) => dispatch(cli.device, infer::EvalJob(args))?,
+        Command::Predict(args) => dispatch(cli.device, infer::PredictJob(args))?,
         Command::Sweep(args) => match args.action {
-            Some(train::SweepAction::Report { dir }) => train::sweep_report(&dir)?,
-            None => dispatch(cli.device, train::SweepJob(args, cli.device))?,
+            Some(sweep::SweepAction::Report { dir }) => sweep::sweep_report(&dir)?,
+            None => dispatch(cli.device, sweep::SweepJob(args, cli.device))?,
         },
-        Command::Report(args) => train::report(&args)?,
-        Command::Analyze(args) => dispatch(cli.device, train::AnalyzeJob(args))?,
+        Command::Report(args) => sweep::report(&args)?,
+        Command::Analyze(args) => dispatch(cli.device, infer::AnalyzeJob(args))?,
         Command::Data(cmd) => data::run(cmd)?,
         Command::Bench(args) => dispatch(cli.device, bench::Bench(args, cli.device))?,
         Command::Parity(args) => {

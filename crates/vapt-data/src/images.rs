@@ -123,10 +123,16 @@ impl ImageSet {
             .try_for_each(|i| self.image(i).map(|_| ()))
     }
 
-    /// Image `i` transformed.
+    /// Image `i` transformed, with the random crop and flip of the epoch set by
+    /// [`Self::set_epoch`].
     pub fn item(&self, i: usize) -> Result<ImageItem, DataError> {
+        self.item_at(i, self.epoch.load(Ordering::Relaxed))
+    }
+
+    /// Image `i` transformed with the random crop and flip of `epoch` (seeded by the set's seed,
+    /// the epoch and the index, whatever thread computes it).
+    pub fn item_at(&self, i: usize, epoch: u64) -> Result<ImageItem, DataError> {
         let img = self.image(i)?;
-        let epoch = self.epoch.load(Ordering::Relaxed);
         let mut rng =
             SplitMix64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9) ^ (i as u64).wrapping_mul(0x85EB_CA6B));
         Ok(ImageItem {
@@ -135,9 +141,9 @@ impl ImageSet {
         })
     }
 
-    /// Items `indices`, decoded and transformed in parallel, in order.
-    pub fn items(&self, indices: &[usize]) -> Result<Vec<ImageItem>, DataError> {
-        indices.par_iter().map(|&i| self.item(i)).collect()
+    /// Items `indices` of `epoch`, decoded and transformed in parallel, in order.
+    pub fn items(&self, indices: &[usize], epoch: u64) -> Result<Vec<ImageItem>, DataError> {
+        indices.par_iter().map(|&i| self.item_at(i, epoch)).collect()
     }
 }
 

@@ -9,20 +9,28 @@
 //! * [`folder`] — class-per-subfolder trees for users' own data.
 //! * [`transform`] — the exact VTAB (TF2 bilinear) and FGVC (PIL bilinear, crops, flip) recipes.
 //! * [`images`] — parallel decoding, the in-memory u8 cache, a Burn `Dataset` and `Batcher`.
+//! * [`task`] — a run's [`DataConfig`] opened as a [`Task`] (VTAB / FGVC / folders), and the
+//!   recipe's transform per split.
+//! * [`loader`] — [`Loader`]: the batches of an epoch, shuffled by (seed, epoch), over images
+//!   (decoded one batch ahead) or cached feature rows.
 //! * [`verify`] — `vapt data verify`: existence, decoding, counts and a SHA-256 manifest.
 
 pub mod error;
 pub mod fgvc;
 pub mod folder;
 pub mod images;
+pub mod loader;
 pub mod split;
+pub mod task;
 pub mod transform;
 pub mod verify;
 pub mod vtab;
 
 pub use error::DataError;
 pub use images::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
+pub use loader::{Batch, FeatureTable, Input, Loader};
 pub use split::{Sample, Split};
+pub use task::{DataConfig, DataFormat, Task};
 pub use transform::{Crop, Resize, Rgb8, Transform};
 pub use vtab::{Group, TaskInfo, VtabSplit};
 

@@ -140,6 +140,56 @@ fn reads_a_class_per_folder_tree() {
     assert_eq!(split.class_counts(), vec![2, 1]);
 }
 
+#[test]
+fn a_folder_task_opens_its_split_folders_and_checks_their_classes() {
+    use crate::task::{DataConfig, DataFormat, Task};
+    let root = tempfile::tempdir().unwrap();
+    for (split, class, n) in [
+        ("train", "cat", 2),
+        ("train", "dog", 1),
+        ("test", "cat", 1),
+        ("test", "dog", 1),
+    ] {
+        for i in 0..n {
+            write_png(
+                &root.path().join(format!("pets/{split}/{class}/{i}.png")),
+                4,
+                4,
+                9,
+            );
+        }
+    }
+    let data = DataConfig {
+        root: root.path().to_path_buf(),
+        task: "pets".into(),
+        format: "folder".parse::<DataFormat>().unwrap(),
+        train_split: DataFormat::Folder.default_train_split().into(),
+        eval_split: "test".into(),
+    };
+    let task = Task::open(&data).unwrap();
+    let (train, test) = task.splits(&data).unwrap();
+    assert_eq!((train.len(), test.len(), train.num_classes), (3, 2, 2));
+    let labels: Vec<usize> = train.samples.iter().map(|s| s.label).collect();
+    assert_eq!(labels, [0, 0, 1], "classes are the sorted folder names");
+    assert_eq!(
+        DataFormat::Folder.transform(true, 8, [0.5; 3], [0.5; 3]),
+        Transform::vtab(8, [0.5; 3], [0.5; 3])
+    );
+    // An evaluation split with other classes is refused, naming it.
+    write_png(&root.path().join("pets/test/bird/0.png"), 4, 4, 9);
+    let err = task.splits(&data).unwrap_err().to_string();
+    assert!(
+        err.contains("test") && err.contains("bird") && err.contains("train"),
+        "{err}"
+    );
+    let missing = DataConfig {
+        task: "nope".into(),
+        ..data
+    };
+    let err = Task::open(&missing).unwrap_err().to_string();
+    assert!(err.contains("nope") && err.contains("<split>/<class>"), "{err}");
+}
+
 fn shipped() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/fashion-mnist-1k")
 }
@@ -183,7 +233,7 @@ fn batches_land_on_the_device_with_the_right_shapes() {
         Transform::vtab(8, [0.0; 3], [1.0; 3]),
         0,
     );
-    let items = set.items(&[0, 1, 2, 3]).unwrap();
+    let items = set.items(&[0, 1, 2, 3], 0).unwrap();
     let batch = make_batch::<Flex>(&items, 8, &Default::default());
     assert_eq!(batch.images.dims(), [4, 3, 8, 8]);
     let labels = batch
@@ -200,6 +250,57 @@ fn batches_land_on_the_device_with_the_right_shapes() {
         .into_vec::<f32>()
         .unwrap();
     assert_eq!(&px[..3 * 64], &items[0].pixels[..]);
+}
+
+#[test]
+fn an_image_loader_gives_every_item_of_the_epoch_in_its_order_with_that_epochs_crops() {
+    use crate::loader::{Input, Loader};
+    let (_root, task) = vtab_folder();
+    let split = vtab::open_dir(&task, 3, VtabSplit::Train800).unwrap();
+    // Textured images, so that crops and flips show.
+    for s in &split.samples {
+        image::RgbImage::from_fn(16, 12, |x, y| {
+            image::Rgb([(x * 15) as u8, (y * 20) as u8, (x * y) as u8])
+        })
+        .save(&s.path)
+        .unwrap();
+    }
+    // A random transform: each epoch crops and flips anew, seeded by (seed, epoch, index).
+    let set = std::sync::Arc::new(ImageSet::new(
+        split,
+        Transform::fgvc_train(8, [0.0; 3], [1.0; 3]),
+        7,
+    ));
+    let loader = Loader::images(set.clone(), 4, Some(3));
+    assert_eq!((loader.len(), loader.steps()), (6, 2));
+    let dev = Default::default();
+    let mut got = Vec::new();
+    for batch in loader.epoch::<Flex>(2, &dev) {
+        let Input::Images(x) = batch.unwrap().input else {
+            panic!("an image loader gives images")
+        };
+        got.extend(x.into_data().convert::<f32>().into_vec::<f32>().unwrap());
+    }
+    let order = loader.order(2);
+    assert_ne!(order, (0..6).collect::<Vec<_>>(), "shuffled");
+    let want: Vec<f32> = set
+        .items(&order, 2)
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.pixels)
+        .collect();
+    assert_eq!(got, want);
+    let other: Vec<f32> = set
+        .items(&order, 3)
+        .unwrap()
+        .into_iter()
+        .flat_map(|i| i.pixels)
+        .collect();
+    assert_ne!(got, other, "another epoch, other crops");
+    // Stopping after the first batch ends the epoch's worker.
+    let mut batches = loader.epoch::<Flex>(0, &dev);
+    assert!(batches.next().is_some());
+    drop(batches);
 }
 
 // ---------------------------------------------------------------------------------------------

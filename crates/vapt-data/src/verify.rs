@@ -48,7 +48,8 @@ pub struct VerifyReport {
     pub manifest_sha256: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// SHA-256 of a byte slice, lower-case hex.
+pub fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -121,7 +122,7 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
                     .unwrap_or(&s.path)
                     .to_string_lossy()
                     .replace('\\', "/");
-                Ok((rel, hex(&bytes)))
+                Ok((rel, hex_sha256(&bytes)))
             })
             .collect::<Result<_, DataError>>()?;
         files.extend(hashes);
@@ -176,7 +177,7 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
             manifest,
             manifest_path: path,
             written: false,
-            manifest_sha256: hex(old_text.as_bytes()),
+            manifest_sha256: hex_sha256(old_text.as_bytes()),
         });
     }
     let tmp = path.with_extension("json.tmp");
@@ -186,6 +187,6 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
         manifest,
         manifest_path: path,
         written: true,
-        manifest_sha256: hex(text.as_bytes()),
+        manifest_sha256: hex_sha256(text.as_bytes()),
     })
 }

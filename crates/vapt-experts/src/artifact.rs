@@ -8,8 +8,8 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use vapt_vit::weights::native::write_safetensors;
 use vapt_vit::weights::read_any;
+use vapt_vit::weights::write_safetensors;
 use vapt_vit::{LoadError, VitConfig};
 
 use crate::config::PromptConfig;
@@ -160,5 +160,5 @@ pub fn load_artifact<B: Backend>(
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    Ok(model.import_experts(&map, device)?)
+    Ok(model.import_experts(&map)?)
 }

@@ -1,29 +1,48 @@
 //! # vapt-experts
 //!
-//! Prompt experts on a frozen [`vapt_vit::Vit`] — the method of the VAPT paper:
+//! Prompt experts on a frozen [`vapt_vit::Vit`] — the method of the VAPT paper — one file per
+//! method:
 //!
-//! * [`PromptConfig`] / [`VaptConfig`] — the method (`linear`, `full`, `vpt-shallow`, `vpt-deep`,
-//!   `vapt`) and every knob of the official code (SPEC §3.3).
-//! * [`PromptedVit`] — frozen backbone + static prompts ([`StaticPrompts`]) + adaptive generators
-//!   ([`AdaptiveGenerator`]: LayerNorm → channel-wise conv → token-wise projector → feature projector)
-//!   + head.
-//! * [`params`] — named access to the expert tensors (the one mapping to fixture/artifact names) and
-//!   the trainable/total [`ParamReport`].
-//! * [`parity`] — runs the authors' fixtures and compares every output and gradient.
-//! * [`moe`] — the softmax gate mass on prompt, patch and CLS experts per block and head.
-//! * [`artifact`] — the prompt-only safetensors file and its backbone check.
+//! * [`Method`] (`method.rs`) and [`PromptConfig`] (`config.rs`) — what trains, every knob of the
+//!   official code (SPEC §3.3), and the one table of trainable tensors
+//!   ([`PromptConfig::expert_shapes`]).
+//! * [`StaticPrompts`] (`static_prompts.rs`) — VPT shallow / deep prompts.
+//! * [`AdaptivePrompts`] (`adaptive.rs`) — VAPT: per block LayerNorm → channel-wise conv →
+//!   token-wise projector, and the feature projector; [`VaptConfig`].
+//! * [`Head`] (`head.rs`) — the classifier.
+//! * [`PromptedVit`] (`model.rs`) — backbone + experts + head, following a per-block plan
+//!   ([`BlockInput`], `plan.rs`) fixed when the model is built; [`Trace`] (`trace.rs`) records
+//!   intermediates and attention only when asked.
+//! * `names.rs` — external tensor names (fixtures, artifacts, gradients) ↔ module paths.
+//! * [`ParamReport`] (`params.rs`), [`MoeView`] (`moe.rs`), prompt-only artifacts (`artifact.rs`).
+//!
+//! A new method is one more file here: its module (built from the [`PromptConfig`]), its entry in
+//! [`Method`], its `shapes` in [`PromptConfig::expert_shapes`] and its step in the plan.
 
+pub mod adaptive;
 pub mod artifact;
 pub mod config;
+pub mod error;
+pub mod head;
+pub mod method;
 pub mod model;
 pub mod moe;
+pub mod names;
 pub mod params;
-pub mod parity;
+pub mod plan;
+pub mod static_prompts;
+pub mod trace;
 
+pub use adaptive::{Activation, AdaptiveGenerator, AdaptivePrompts, ProjectorMlp, VaptConfig};
 pub use artifact::{load_artifact, save_artifact, ArtifactError};
-pub use config::{Activation, ConfigError, Method, PromptConfig, VaptConfig};
-pub use model::{cross_entropy, AdaptiveGenerator, Head, ProjectorMlp, PromptedVit, StaticPrompts, Trace};
+pub use config::{ConfigError, PromptConfig};
+pub use head::Head;
+pub use method::Method;
+pub use model::PromptedVit;
 pub use moe::{GateMass, HeadGates, MoeView};
+pub use names::expert_gradients;
 pub use params::{ParamReport, ParamRow};
-pub use parity::{run_parity, ParityReport};
+pub use plan::BlockInput;
+pub use static_prompts::StaticPrompts;
+pub use trace::Trace;
 pub use vapt_vit;

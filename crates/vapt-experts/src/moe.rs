@@ -9,7 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use crate::model::{PromptedVit, Trace};
+use crate::model::PromptedVit;
+use crate::trace::Trace;
 
 /// Softmax gate mass on the three expert groups (sums to 1).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

@@ -5,16 +5,17 @@
 //! keyed by id, means the same thing in a new process. Only trainable tensors are saved: for a
 //! frozen ViT-B/16 that is a few hundred kilobytes, not the 344 MB backbone.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vapt_vit::weights::native::{parse_safetensors, write_safetensors};
+use vapt_vit::weights::{parse_safetensors, write_safetensors};
 use vapt_vit::{RawTensor, TensorMap};
 
 use crate::error::TrainError;
+use crate::files::write_atomic;
 
 /// The state file inside `checkpoint/`.
 pub const STATE_FILE: &str = "state.safetensors";
@@ -113,19 +114,6 @@ impl<B: Backend> ModuleMapper<B> for Restore<'_> {
             .set_require_grad(grad);
         Param::from_mapped_value(id, value, mapper)
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// What a checkpoint holds besides tensors.

@@ -24,78 +24,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+pub use vapt_data::{DataConfig, DataFormat};
 use vapt_experts::PromptConfig;
+pub use vapt_vit::BackboneConfig;
 
 use crate::error::TrainError;
 use crate::protocol::Schedule;
-
-/// Dataset layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// VTAB-1k community folder lists (`<root>/<task>/train800.txt` ...): resize to the input size,
-    /// no augmentation.
-    Vtab,
-    /// VPT's FGVC json (`<root>/<dataset>/train.json` ...): random crop + flip for training,
-    /// centre crop for evaluation.
-    Fgvc,
-}
-
-/// Where the images come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// The folder holding the task folders.
-    pub root: PathBuf,
-    /// Task (VTAB name such as `cifar`, `dtd`, `fashion-mnist-1k`) or FGVC dataset (`CUB_200_2011`,
-    /// `nabirds`, ...).
-    pub task: String,
-    /// Layout of the task folder.
-    pub format: DataFormat,
-    /// Split trained on (`train800val200` for final VTAB runs, `train800` in sweeps; FGVC `train`).
-    pub train_split: String,
-    /// Split scored at the end (`test`; `val200` in VTAB sweeps; FGVC `val` or `test`).
-    pub eval_split: String,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        Self {
-            root: PathBuf::from("datasets"),
-            task: "fashion-mnist-1k".into(),
-            format: DataFormat::Vtab,
-            train_split: "train800val200".into(),
-            eval_split: "test".into(),
-        }
-    }
-}
-
-/// The frozen backbone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackboneConfig {
-    /// Pre-trained weights (Google npz, timm or vapt safetensors). Without weights the backbone is
-    /// randomly initialised (useful for tests and benchmarks only).
-    pub weights: Option<PathBuf>,
-    /// Architecture: `auto` (read off the weights), a variant (`B/16`) or explicit dims
-    /// (`D768-L12-H12-M3072-P16`). Required (not `auto`) without weights.
-    pub variant: String,
-    /// Input side in pixels (default: the checkpoint's; 224 for a random backbone).
-    pub image_size: Option<usize>,
-    /// Position-embedding resampling when the grid changes: `scipy-zoom` or `bilinear`.
-    pub resample: String,
-}
-
-impl Default for BackboneConfig {
-    fn default() -> Self {
-        Self {
-            weights: None,
-            variant: "auto".into(),
-            image_size: None,
-            resample: "scipy-zoom".into(),
-        }
-    }
-}
 
 /// Optimiser family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

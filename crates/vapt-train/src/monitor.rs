@@ -17,7 +17,7 @@ use burn_train::Interrupter;
 
 use vapt_experts::params::group;
 
-use crate::run::EpochRow;
+use crate::run_dir::EpochRow;
 
 /// What a run announces when it starts.
 #[derive(Debug, Clone)]

@@ -162,7 +162,9 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, Int, TensorData};
-    use vapt_experts::{cross_entropy, Method, PromptConfig};
+    use vapt_experts::{Method, PromptConfig};
+
+    use crate::loss::cross_entropy;
     use vapt_vit::VitConfig;
 
     type A = Autodiff<Flex>;
@@ -227,15 +229,15 @@ mod tests {
                 .into_vec::<f32>()
                 .unwrap()
         };
-        let prompts = model.prompts.as_ref().unwrap();
+        let prompts = model.prompt.as_ref().unwrap();
         let theta = prompts
-            .prompt
+            .r#static
             .val()
             .into_data()
             .convert::<f32>()
             .into_vec::<f32>()
             .unwrap();
-        let (g0, g1) = (get(&plain, &prompts.prompt), get(&decayed, &prompts.prompt));
+        let (g0, g1) = (get(&plain, &prompts.r#static), get(&decayed, &prompts.r#static));
         for i in 0..theta.len() {
             assert!((g1[i] - (g0[i] + 0.5 * theta[i])).abs() < 1e-6);
         }

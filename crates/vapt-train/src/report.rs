@@ -45,7 +45,7 @@ pub fn find_summaries(root: &Path) -> Result<Vec<(PathBuf, Summary)>, TrainError
     files
         .into_iter()
         .map(|f| {
-            let s: Summary = crate::run::read_json(&f, "vapt sweep summary")?;
+            let s: Summary = crate::files::read_json(&f, "vapt sweep summary")?;
             Ok((f, s))
         })
         .collect()

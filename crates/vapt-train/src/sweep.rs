@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DataFormat, TrainConfig};
 use crate::error::TrainError;
+use crate::files::{read_json, write_json};
 use crate::monitor::Monitor;
-use crate::run::{read_json, read_result, train, write_json, Outcome, RunOptions, RunStatus};
+use crate::run_dir::{read_result, Outcome, RunOptions, RunStatus};
+use crate::trainer::train;
 
 /// The paper's VTAB lr grid.
 pub const VTAB_LRS: [f64; 10] = [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05];
@@ -52,7 +54,7 @@ impl SweepSpec {
     /// The paper's grid and seeds for `base`'s data format.
     pub fn paper(base: TrainConfig) -> Self {
         let lrs = match base.data.format {
-            DataFormat::Vtab => VTAB_LRS.to_vec(),
+            DataFormat::Vtab | DataFormat::Folder => VTAB_LRS.to_vec(),
             DataFormat::Fgvc => FGVC_LRS.to_vec(),
         };
         Self {
@@ -68,7 +70,7 @@ impl SweepSpec {
     pub fn splits(&self) -> ((&'static str, &'static str), (&'static str, &'static str)) {
         match self.base.data.format {
             DataFormat::Vtab => (("train800", "val200"), ("train800val200", "test")),
-            DataFormat::Fgvc => (("train", "val"), ("train", "test")),
+            DataFormat::Fgvc | DataFormat::Folder => (("train", "val"), ("train", "test")),
         }
     }
 

@@ -5,13 +5,84 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A standard ViT size (the paper family's names, as in timm and big_vision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variant {
+    /// Size name (`Ti`, `S`, `B`, `L`, `H`).
+    pub name: &'static str,
+    /// Token width D.
+    pub hidden: usize,
+    /// Blocks.
+    pub depth: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// MLP hidden width.
+    pub mlp_dim: usize,
+}
+
+/// Every standard size: the one table the variant parser, display names and the head count of
+/// files that do not store it are read from.
+pub const VARIANTS: [Variant; 5] = [
+    Variant {
+        name: "Ti",
+        hidden: 192,
+        depth: 12,
+        heads: 3,
+        mlp_dim: 768,
+    },
+    Variant {
+        name: "S",
+        hidden: 384,
+        depth: 12,
+        heads: 6,
+        mlp_dim: 1536,
+    },
+    Variant {
+        name: "B",
+        hidden: 768,
+        depth: 12,
+        heads: 12,
+        mlp_dim: 3072,
+    },
+    Variant {
+        name: "L",
+        hidden: 1024,
+        depth: 24,
+        heads: 16,
+        mlp_dim: 4096,
+    },
+    Variant {
+        name: "H",
+        hidden: 1280,
+        depth: 32,
+        heads: 16,
+        mlp_dim: 5120,
+    },
+];
+
+/// `Ti|S|B|L|H`, for messages.
+fn size_names() -> String {
+    VARIANTS.iter().map(|v| v.name).collect::<Vec<_>>().join("|")
+}
+
+/// The head count of a width when a file does not store it (timm fuses q/k/v): the standard size of
+/// that width, else heads of width 64.
+pub fn standard_heads(hidden: usize) -> Option<usize> {
+    match VARIANTS.iter().find(|v| v.hidden == hidden) {
+        Some(v) => Some(v.heads),
+        None if hidden > 0 && hidden.is_multiple_of(64) => Some(hidden / 64),
+        None => None,
+    }
+}
+
 /// Error from parsing a variant name such as `B/16`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VariantError {
     /// The size letter is not one of the known ones.
     #[error(
-        "unknown ViT variant `{0}`: expected one of Ti/16, S/16, B/16, B/32, L/16, H/14 (any size \
-         Ti|S|B|L|H with any patch), an explicit `D<width>-L<depth>-H<heads>-M<mlp>-P<patch>`, or `auto`"
+        "unknown ViT variant `{0}`: expected a size {sizes} with a patch (e.g. B/16, H/14), an \
+         explicit `D<width>-L<depth>-H<heads>-M<mlp>-P<patch>`, or `auto`",
+        sizes = size_names()
     )]
     Unknown(String),
     /// The configuration is not consistent (e.g. width not divisible by heads).
@@ -70,8 +141,8 @@ impl VitConfig {
         Self::new(768, 12, 12, 3072, 16)
     }
 
-    /// Parses a variant name: `Ti/16`, `S/16`, `B/16`, `B/32`, `L/16`, `H/14` (any size letter with
-    /// any patch size), case-insensitive, with an optional `ViT-` prefix; or an explicit
+    /// Parses a variant name: `Ti/16`, `S/16`, `B/16`, `B/32`, `L/16`, `H/14` (any size of
+    /// [`VARIANTS`] with any patch size), case-insensitive, with an optional `ViT-` prefix; or an explicit
     /// `D768-L12-H12-M3072-P16` (dash-separated, any order).
     pub fn from_variant(name: &str) -> Result<Self, VariantError> {
         let unknown = || VariantError::Unknown(name.to_string());
@@ -81,15 +152,11 @@ impl VitConfig {
         let body = body.strip_prefix("vit_").unwrap_or(body);
         if let Some((size, patch)) = body.split_once(['/', '_']) {
             let patch: usize = patch.parse().map_err(|_| unknown())?;
-            let (hidden, depth, heads, mlp) = match size {
-                "ti" => (192, 12, 3, 768),
-                "s" => (384, 12, 6, 1536),
-                "b" => (768, 12, 12, 3072),
-                "l" => (1024, 24, 16, 4096),
-                "h" => (1280, 32, 16, 5120),
-                _ => return Err(unknown()),
-            };
-            let cfg = Self::new(hidden, depth, heads, mlp, patch);
+            let v = VARIANTS
+                .iter()
+                .find(|v| v.name.eq_ignore_ascii_case(size))
+                .ok_or_else(unknown)?;
+            let cfg = Self::new(v.hidden, v.depth, v.heads, v.mlp_dim, patch);
             cfg.validate()?;
             return Ok(cfg);
         }
@@ -186,28 +253,14 @@ impl VitConfig {
         Ok(())
     }
 
-    /// Number of backbone parameters (embedding, blocks, final norm), without the head.
-    pub fn num_backbone_params(&self) -> usize {
-        let d = self.hidden;
-        let embed = self.patch_dim() * d + d + d + (1 + self.num_patches()) * d;
-        let block =
-            2 * d + 4 * (d * d + d) + 2 * d + (d * self.mlp_dim + self.mlp_dim) + (self.mlp_dim * d + d);
-        embed + self.depth * block + 2 * d
-    }
-
     /// A short human-readable name, e.g. `ViT-B/16 @224` or `D48-L4-H4-M96-P16 @224`.
     pub fn display_name(&self) -> String {
-        let known = [
-            ("Ti", 192, 12, 3, 768),
-            ("S", 384, 12, 6, 1536),
-            ("B", 768, 12, 12, 3072),
-            ("L", 1024, 24, 16, 4096),
-            ("H", 1280, 32, 16, 5120),
-        ];
-        let size = known
+        let size = VARIANTS
             .iter()
-            .find(|k| (k.1, k.2, k.3, k.4) == (self.hidden, self.depth, self.heads, self.mlp_dim))
-            .map(|k| format!("ViT-{}/{}", k.0, self.patch_size));
+            .find(|v| {
+                (v.hidden, v.depth, v.heads, v.mlp_dim) == (self.hidden, self.depth, self.heads, self.mlp_dim)
+            })
+            .map(|v| format!("ViT-{}/{}", v.name, self.patch_size));
         let name = size.unwrap_or_else(|| {
             format!(
                 "D{}-L{}-H{}-M{}-P{}",

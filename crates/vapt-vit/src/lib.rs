@@ -3,22 +3,29 @@
 //! A backend-generic Vision Transformer (Google `vit_jax` / timm style: pre-LN blocks, CLS token,
 //! learned position embedding) built for prompt methods, and its weight loaders.
 //!
-//! * [`VitConfig`] — the architecture, with a variant parser (`B/16`, `Ti/16`, `D48-L4-H4-M96-P16`).
+//! * [`VitConfig`] — the architecture, with a variant parser (`B/16`, `Ti/16`,
+//!   `D48-L4-H4-M96-P16`) over the one table of standard sizes, [`VARIANTS`].
 //! * [`Vit`] — the model. [`Vit::embed`] → run [`Vit::blocks`] one at a time on a sequence you
-//!   control (optionally with [`Block::forward_with_attention`]) → [`Vit::forward_head`].
-//! * [`weights`] — Google npz, timm safetensors and native safetensors loaders; every mismatch is
-//!   reported at once, naming the file. [`load_pretrained`] is the one-call entry point.
+//!   control (optionally with [`Block::forward_with_attention`]) → [`Vit::forward_head`]. Its
+//!   operations are [`vapt_kernels`]' (fused on the CPU, Burn's ops elsewhere).
+//! * [`weights`] — Google npz, timm safetensors and native safetensors loaders as rename tables onto
+//!   the native layout; every mismatch is reported at once, naming the file. [`load_pretrained`]
+//!   is the one-call entry point, [`BackboneConfig`] the one a run configuration holds.
+//! * [`named`] (in `weights`) — a module's parameters by path (the native key), read, written and shaped.
 //! * [`PretrainedCfg`] — where the weights came from (SHA-256) and the input recipe (mean/std).
 
+pub mod backbone;
 pub mod config;
-pub mod kernels;
 pub mod model;
 pub mod pretrained;
 pub mod weights;
 
-pub use config::{VariantError, VitConfig};
-pub use model::{gelu_exact, Attention, Block, Mlp, PatchEmbed, Vit};
+pub use backbone::BackboneConfig;
+pub use config::{standard_heads, Variant, VariantError, VitConfig, VARIANTS};
+pub use model::{Attention, Block, Mlp, PatchEmbed, Vit};
 pub use pretrained::{PretrainedCfg, IMAGENET_MEAN, IMAGENET_STD};
+pub use vapt_kernels;
+pub use weights::named;
 pub use weights::{
     load_pretrained, KeyMismatch, Layout, LoadError, LoadOptions, PosEmbResample, RawTensor, TensorMap,
 };

@@ -11,74 +11,11 @@
 //! [`Vit::forward_head`] (final norm → CLS → head).
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
+use vapt_kernels::nn::{Dropout, LayerNorm, Linear};
 
 use crate::config::VitConfig;
-
-/// Exact (erf) GELU whose gradient is exact on every backend.
-///
-/// Burn 0.21's default `gelu_backward`, which the CubeCL backends (WGPU, CUDA) inherit,
-/// differentiates the *tanh approximation* (measured: 3e-4 relative error against the exact
-/// derivative), while Flex and LibTorch override it with the exact one. On other autodiff backends
-/// GELU is therefore composed as `x · ½(1 + erf(x/√2))`, whose backward goes through `erf`'s exact
-/// derivative; everywhere else the fused kernel is used. On Flex (CPU) it is vapt's own fused,
-/// vectorised kernel ([`crate::kernels::gelu`]).
-pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if crate::kernels::fused_on::<B>() {
-        return crate::kernels::gelu(x);
-    }
-    let device = x.device();
-    if !B::ad_enabled(&device) || fused_gelu_backward_is_exact(&B::name(&device)) {
-        return gelu(x);
-    }
-    let cdf = x
-        .clone()
-        .div_scalar(std::f64::consts::SQRT_2)
-        .erf()
-        .add_scalar(1.0)
-        .mul_scalar(0.5);
-    x * cdf
-}
-
-/// A linear layer on `[B, T, D]` tokens as one `[B·T, D]` matrix product.
-///
-/// Burn's `Linear` on a rank-3 input broadcasts the weight into a batched product: B small matrix
-/// products instead of one large one and, when the weight trains, B weight gradients that are then
-/// summed. Flattening first gives one product and one weight gradient; same numbers.
-pub fn linear_tokens<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, d] = x.dims();
-    let y = crate::kernels::linear(
-        x.reshape([b * t, d]),
-        layer.weight.val(),
-        layer.bias.as_ref().map(|b| b.val()),
-    );
-    let out = y.dims()[1];
-    y.reshape([b, t, out])
-}
-
-/// `norm(x)`, through vapt's fused kernel on Flex ([`crate::kernels::layer_norm`]); `eps` must be
-/// the one `norm` was built with.
-pub fn layer_norm<B: Backend, const D: usize>(
-    norm: &LayerNorm<B>,
-    eps: f64,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    match &norm.beta {
-        Some(beta) if crate::kernels::fused_on::<B>() => {
-            crate::kernels::layer_norm(x, norm.gamma.val(), beta.val(), eps)
-        }
-        _ => norm.forward(x),
-    }
-}
-
-/// Backends (by `Backend::name`) whose fused `gelu_backward` is the exact derivative.
-fn fused_gelu_backward_is_exact(name: &str) -> bool {
-    let inner = name.strip_prefix("autodiff<").unwrap_or(name);
-    inner.starts_with("flex") || inner.starts_with("tch")
-}
 
 /// Patch embedding: a p×p, stride-p convolution written as unfold + matmul.
 ///
@@ -152,24 +89,21 @@ impl<B: Backend> Attention<B> {
         let h = self.heads;
         let hd = x.dims()[2] / h;
         let scale = 1.0 / (hd as f32).sqrt();
-        let q = linear_tokens(&self.query, queries);
-        let k = linear_tokens(&self.key, x.clone());
-        let v = linear_tokens(&self.value, x);
+        let q = self.query.forward(queries);
+        let k = self.key.forward(x.clone());
+        let v = self.value.forward(x);
         let dropout_active = self.attn_drop.prob != 0.0 && B::ad_enabled(&q.device());
         let (ctx, kept) = if keep_probs || dropout_active {
             // softmax(q·kᵀ / √hd) as its own tensor, to keep and/or drop out.
-            let probs = crate::kernels::attention_probs(q, k, h, scale);
+            let probs = vapt_kernels::attention_probs(q, k, h, scale);
             let kept = keep_probs.then(|| probs.clone());
-            let probs = crate::kernels::dropout(probs, self.attn_drop.prob);
-            (crate::kernels::attention_context(probs, v), kept)
+            let probs = self.attn_drop.forward(probs);
+            (vapt_kernels::attention_context(probs, v), kept)
         } else {
             // The same maths as one fused op (the probabilities are neither kept nor dropped).
-            (crate::kernels::attention(q, k, v, h, scale), None)
+            (vapt_kernels::attention(q, k, v, h, scale), None)
         };
-        (
-            crate::kernels::dropout(linear_tokens(&self.out, ctx), self.proj_drop.prob),
-            kept,
-        )
+        (self.proj_drop.forward(self.out.forward(ctx)), kept)
     }
 }
 
@@ -187,9 +121,8 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let p = self.drop.prob;
-        let x = crate::kernels::dropout(gelu_exact(linear_tokens(&self.fc1, x)), p);
-        crate::kernels::dropout(linear_tokens(&self.fc2, x), p)
+        let x = self.drop.forward(vapt_kernels::gelu(self.fc1.forward(x)));
+        self.drop.forward(self.fc2.forward(x))
     }
 }
 
@@ -204,8 +137,6 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     /// The MLP (`MlpBlock_3`).
     pub mlp: Mlp<B>,
-    /// Epsilon of both LayerNorms (Burn's `LayerNorm` keeps its own private).
-    pub norm_eps: f64,
 }
 
 impl<B: Backend> Block<B> {
@@ -225,19 +156,17 @@ impl<B: Backend> Block<B> {
     /// row of [`Self::forward`], without computing the other rows' queries, output projection and
     /// MLP. What a last block needs when only CLS goes on to the head.
     pub fn forward_cls(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let y = layer_norm(&self.norm1, self.norm_eps, x.clone());
-        let cls = |t: Tensor<B, 3>| crate::kernels::narrow_tokens(t, 0, 1);
+        let y = self.norm1.forward(x.clone());
+        let cls = |t: Tensor<B, 3>| vapt_kernels::narrow_tokens(t, 0, 1);
         let a = self.attn.forward_queries(cls(y.clone()), y);
         let x = cls(x) + a;
-        x.clone() + self.mlp.forward(layer_norm(&self.norm2, self.norm_eps, x))
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 
     fn forward_impl(&self, x: Tensor<B, 3>, keep: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (a, probs) = self
-            .attn
-            .forward(layer_norm(&self.norm1, self.norm_eps, x.clone()), keep);
+        let (a, probs) = self.attn.forward(self.norm1.forward(x.clone()), keep);
         let x = x + a;
-        let x = x.clone() + self.mlp.forward(layer_norm(&self.norm2, self.norm_eps, x));
+        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
         (x, probs)
     }
 }
@@ -269,13 +198,9 @@ impl VitConfig {
     /// loaders for real checkpoints).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vit<B> {
         let d = self.hidden;
-        let linear = |i: usize, o: usize| LinearConfig::new(i, o).init::<B>(device);
-        let norm = || {
-            LayerNormConfig::new(d)
-                .with_epsilon(self.layer_norm_eps)
-                .init::<B>(device)
-        };
-        let drop = DropoutConfig::new(self.dropout).init();
+        let linear = |i: usize, o: usize| Linear::new(i, o, device);
+        let norm = || LayerNorm::new(d, self.layer_norm_eps, device);
+        let drop = Dropout::new(self.dropout);
         let blocks = (0..self.depth)
             .map(|_| Block {
                 norm1: norm(),
@@ -284,12 +209,11 @@ impl VitConfig {
                     key: linear(d, d),
                     value: linear(d, d),
                     out: linear(d, d),
-                    attn_drop: DropoutConfig::new(self.attention_dropout).init(),
+                    attn_drop: Dropout::new(self.attention_dropout),
                     proj_drop: drop.clone(),
                     heads: self.heads,
                 },
                 norm2: norm(),
-                norm_eps: self.layer_norm_eps,
                 mlp: Mlp {
                     fc1: linear(d, self.mlp_dim),
                     fc2: linear(self.mlp_dim, d),
@@ -323,7 +247,7 @@ impl<B: Backend> Vit<B> {
         let [b, _, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
-        crate::kernels::dropout(x, self.pos_drop.prob)
+        self.pos_drop.forward(x)
     }
 
     /// Final LayerNorm over the sequence, then the CLS token: `[B, D]`.
@@ -387,30 +311,6 @@ impl<B: Backend> Vit<B> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::TensorData;
-
-    #[test]
-    fn gelu_exact_has_the_exact_erf_derivative() {
-        type A = Autodiff<Flex>;
-        let xs = vec![-3.0f32, -1.0, -0.3, 0.0, 0.4, 1.5, 2.5];
-        let x = Tensor::<A, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &Default::default())
-            .require_grad();
-        let y = gelu_exact(x.clone());
-        let g = x.grad(&y.clone().sum().backward()).unwrap();
-        let g = g.into_data().convert::<f32>().into_vec::<f32>().unwrap();
-        let y = y.into_data().convert::<f32>().into_vec::<f32>().unwrap();
-        // Reference values of x·Φ(x) and Φ(x) + x·φ(x) (computed in f64 with math.erf).
-        let expect_y = [
-            -0.0040497, -0.1586553, -0.1146266, 0.0, 0.2621687, 1.3997892, 2.4844758,
-        ];
-        let expect_g = [
-            -0.0119456, -0.0833155, 0.2676722, 0.5, 0.8027298, 1.1274692, 1.0376111,
-        ];
-        for i in 0..xs.len() {
-            assert!((y[i] - expect_y[i]).abs() < 2e-6, "gelu({}) = {}", xs[i], y[i]);
-            assert!((g[i] - expect_g[i]).abs() < 2e-6, "gelu'({}) = {}", xs[i], g[i]);
-        }
-    }
 
     #[test]
     fn a_cls_only_block_gives_the_first_row_of_the_full_block_and_its_gradient() {
@@ -438,13 +338,5 @@ mod tests {
             panic!("no gradient reached the block input")
         };
         g_cls.assert_approx_eq::<f32>(&g_full, burn::tensor::Tolerance::absolute(1e-5));
-    }
-
-    #[test]
-    fn only_backends_with_an_exact_fused_backward_use_it() {
-        assert!(fused_gelu_backward_is_exact("autodiff<flex>"));
-        assert!(fused_gelu_backward_is_exact("flex"));
-        assert!(!fused_gelu_backward_is_exact("autodiff<fusion<jit<wgpu>>>"));
-        assert!(!fused_gelu_backward_is_exact("autodiff<cuda>"));
     }
 }

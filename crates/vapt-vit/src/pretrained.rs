@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::weights::native::META_PRETRAINED;
+/// Metadata key of a native safetensors file holding its pretrained config as JSON.
+pub const META_PRETRAINED: &str = "vapt.pretrained";
 
 /// ImageNet mean, the normalisation the VPT/VAPT recipe feeds the IN-21k ViT-B/16.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];

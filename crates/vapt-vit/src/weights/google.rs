@@ -15,6 +15,7 @@
 //! | `Transformer/encoder_norm/{scale,bias}` | (D) | `norm.*` | — |
 //! | `head/*`, `pre_logits/*` | | not loaded | the pre-training head is never used |
 
+use super::rename::{Source, Transform};
 use super::{LoadError, TensorMap};
 use crate::config::VitConfig;
 
@@ -30,43 +31,61 @@ pub fn ignored(key: &str) -> bool {
     key.starts_with("head/") || key.starts_with("pre_logits/")
 }
 
-/// Every key (and shape) `cfg` needs from a Google npz.
-pub fn expected_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, h, hd, m, p, c) = (
-        cfg.hidden,
-        cfg.heads,
-        cfg.head_dim(),
-        cfg.mlp_dim,
-        cfg.patch_size,
-        cfg.in_channels,
-    );
-    let mut v = vec![
-        ("embedding/kernel".to_string(), vec![p, p, c, d]),
-        ("embedding/bias".to_string(), vec![d]),
-        ("cls".to_string(), vec![1, 1, d]),
-        (POS_EMBED.to_string(), vec![1, 1 + cfg.num_patches(), d]),
-        ("Transformer/encoder_norm/scale".to_string(), vec![d]),
-        ("Transformer/encoder_norm/bias".to_string(), vec![d]),
-    ];
-    for i in 0..cfg.depth {
+/// Where native tensor `key` (shape `shape`) comes from in a Google npz (the table above).
+pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
+    let (h, hd) = (cfg.heads, cfg.head_dim());
+    let same = |k: String| Some(Source::new(k, shape.to_vec(), Transform::Same));
+    let heads = |k: String, file: Vec<usize>| Some(Source::new(k, file, Transform::Reshape));
+    if let Some((i, rest)) = super::native::split_block(key) {
         let b = block(i);
         let att = format!("{b}/MultiHeadDotProductAttention_1");
-        for ln in ["LayerNorm_0", "LayerNorm_2"] {
-            v.push((format!("{b}/{ln}/scale"), vec![d]));
-            v.push((format!("{b}/{ln}/bias"), vec![d]));
-        }
-        for qkv in ["query", "key", "value"] {
-            v.push((format!("{att}/{qkv}/kernel"), vec![d, h, hd]));
-            v.push((format!("{att}/{qkv}/bias"), vec![h, hd]));
-        }
-        v.push((format!("{att}/out/kernel"), vec![h, hd, d]));
-        v.push((format!("{att}/out/bias"), vec![d]));
-        v.push((format!("{b}/MlpBlock_3/Dense_0/kernel"), vec![d, m]));
-        v.push((format!("{b}/MlpBlock_3/Dense_0/bias"), vec![m]));
-        v.push((format!("{b}/MlpBlock_3/Dense_1/kernel"), vec![m, d]));
-        v.push((format!("{b}/MlpBlock_3/Dense_1/bias"), vec![d]));
+        let (module, tensor) = rest.rsplit_once('.')?;
+        return match (module, tensor) {
+            ("norm1", "weight") => same(format!("{b}/LayerNorm_0/scale")),
+            ("norm1", "bias") => same(format!("{b}/LayerNorm_0/bias")),
+            ("norm2", "weight") => same(format!("{b}/LayerNorm_2/scale")),
+            ("norm2", "bias") => same(format!("{b}/LayerNorm_2/bias")),
+            ("attn.query" | "attn.key" | "attn.value", t) => {
+                let qkv = module.trim_start_matches("attn.");
+                let file = if t == "weight" {
+                    vec![shape[0], h, hd]
+                } else {
+                    vec![h, hd]
+                };
+                heads(
+                    format!("{att}/{qkv}/{}", if t == "weight" { "kernel" } else { "bias" }),
+                    file,
+                )
+            }
+            ("attn.out", "weight") => heads(format!("{att}/out/kernel"), vec![h, hd, shape[1]]),
+            ("attn.out", "bias") => same(format!("{att}/out/bias")),
+            ("mlp.fc1", t) => same(format!("{b}/MlpBlock_3/Dense_0/{}", kernel_or_bias(t))),
+            ("mlp.fc2", t) => same(format!("{b}/MlpBlock_3/Dense_1/{}", kernel_or_bias(t))),
+            _ => None,
+        };
     }
-    v
+    match key {
+        "patch_embed.weight" => Some(Source::new(
+            "embedding/kernel",
+            vec![cfg.patch_size, cfg.patch_size, cfg.in_channels, cfg.hidden],
+            Transform::PatchHwio,
+        )),
+        "patch_embed.bias" => same("embedding/bias".into()),
+        "cls_token" => same("cls".into()),
+        "pos_embed" => same(POS_EMBED.into()),
+        "norm.weight" => same("Transformer/encoder_norm/scale".into()),
+        "norm.bias" => same("Transformer/encoder_norm/bias".into()),
+        _ => None,
+    }
+}
+
+/// Flax names a Dense layer's weight `kernel`.
+fn kernel_or_bias(tensor: &str) -> &'static str {
+    if tensor == "weight" {
+        "kernel"
+    } else {
+        "bias"
+    }
 }
 
 /// Reads the architecture off the shapes (image size = grid × patch).
@@ -116,68 +135,4 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let mut cfg = VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p);
     cfg.in_channels = c;
     Ok(cfg)
-}
-
-/// Validates every key against `cfg` and converts to the native layout.
-pub fn to_native(mut map: TensorMap, cfg: &VitConfig) -> Result<TensorMap, LoadError> {
-    map.check(
-        &expected_params(cfg),
-        ignored,
-        super::Layout::Google.name(),
-        &cfg.display_name(),
-    )?;
-    let d = cfg.hidden;
-    let mut out = TensorMap::new(map.source.clone());
-    out.metadata = std::mem::take(&mut map.metadata);
-    let kernel = map.take("embedding/kernel")?;
-    // HWIO (ky, kx, c, d) -> (c, ky, kx, d) -> [c·p·p, d]
-    let kernel = kernel.permuted(&[2, 0, 1, 3]).reshaped(vec![cfg.patch_dim(), d]);
-    out.insert("patch_embed.weight", kernel);
-    out.insert("patch_embed.bias", map.take("embedding/bias")?);
-    out.insert("cls_token", map.take("cls")?);
-    out.insert("pos_embed", map.take(POS_EMBED)?);
-    out.insert("norm.weight", map.take("Transformer/encoder_norm/scale")?);
-    out.insert("norm.bias", map.take("Transformer/encoder_norm/bias")?);
-    for i in 0..cfg.depth {
-        let b = block(i);
-        let att = format!("{b}/MultiHeadDotProductAttention_1");
-        let n = format!("blocks.{i}");
-        out.insert(
-            format!("{n}.norm1.weight"),
-            map.take(&format!("{b}/LayerNorm_0/scale"))?,
-        );
-        out.insert(
-            format!("{n}.norm1.bias"),
-            map.take(&format!("{b}/LayerNorm_0/bias"))?,
-        );
-        out.insert(
-            format!("{n}.norm2.weight"),
-            map.take(&format!("{b}/LayerNorm_2/scale"))?,
-        );
-        out.insert(
-            format!("{n}.norm2.bias"),
-            map.take(&format!("{b}/LayerNorm_2/bias"))?,
-        );
-        for qkv in ["query", "key", "value"] {
-            let w = map.take(&format!("{att}/{qkv}/kernel"))?.reshaped(vec![d, d]);
-            let bias = map.take(&format!("{att}/{qkv}/bias"))?.reshaped(vec![d]);
-            out.insert(format!("{n}.attn.{qkv}.weight"), w);
-            out.insert(format!("{n}.attn.{qkv}.bias"), bias);
-        }
-        let w = map.take(&format!("{att}/out/kernel"))?.reshaped(vec![d, d]);
-        out.insert(format!("{n}.attn.out.weight"), w);
-        out.insert(
-            format!("{n}.attn.out.bias"),
-            map.take(&format!("{att}/out/bias"))?,
-        );
-        for (src, dst) in [("Dense_0", "fc1"), ("Dense_1", "fc2")] {
-            let mb = format!("{b}/MlpBlock_3/{src}");
-            out.insert(
-                format!("{n}.mlp.{dst}.weight"),
-                map.take(&format!("{mb}/kernel"))?,
-            );
-            out.insert(format!("{n}.mlp.{dst}.bias"), map.take(&format!("{mb}/bias"))?);
-        }
-    }
-    Ok(out)
 }

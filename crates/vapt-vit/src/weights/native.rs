@@ -1,6 +1,10 @@
-//! vapt's native layout: keys are the module paths of [`Vit`], tensors in Burn's layout, stored as
-//! float32 safetensors with the architecture (`vapt.vit_config`) and pretrained config
-//! (`vapt.pretrained`) as JSON metadata.
+//! vapt's native layout: keys are the module paths of [`Vit`] (see [`super::named`]), tensors in
+//! Burn's layout, stored as float32 safetensors with the architecture (`vapt.vit_config`) and
+//! pretrained config (`vapt.pretrained`) as JSON metadata.
+//!
+//! [`native_params`] is the one table of a backbone's tensors: the expected-key check of every
+//! layout, the rename tables of the Google and timm layouts, loading ([`Vit::from_native`]), saving
+//! ([`Vit::to_native`]) and the parameter count all read it.
 //!
 //! | key | shape |
 //! |---|---|
@@ -17,24 +21,22 @@
 
 use std::path::Path;
 
-use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-use safetensors::tensor::{Dtype, TensorView};
 
-use super::{LoadError, RawTensor, TensorMap};
+use super::named;
+use super::safetensors_io::write_safetensors;
+use super::{LoadError, TensorMap};
 use crate::config::VitConfig;
 use crate::model::Vit;
 use crate::pretrained::PretrainedCfg;
 
 /// Metadata key holding the architecture as JSON.
 pub const META_CONFIG: &str = "vapt.vit_config";
-/// Metadata key holding the pretrained config as JSON.
-pub const META_PRETRAINED: &str = "vapt.pretrained";
+pub use crate::pretrained::META_PRETRAINED;
 
-/// Every key (and shape) of the native layout for `cfg` (with `head.*` when it has classes).
-pub fn expected_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
+/// Every tensor of the native layout for `cfg`, with its shape, in module order (with `head.*`
+/// when the config has classes).
+pub fn native_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
     let (d, m) = (cfg.hidden, cfg.mlp_dim);
     let mut v = vec![
         ("patch_embed.weight".to_string(), vec![cfg.patch_dim(), d]),
@@ -44,18 +46,19 @@ pub fn expected_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
     ];
     for i in 0..cfg.depth {
         let b = format!("blocks.{i}");
-        for n in ["norm1", "norm2"] {
-            v.push((format!("{b}.{n}.weight"), vec![d]));
-            v.push((format!("{b}.{n}.bias"), vec![d]));
-        }
+        let mut push = |name: &str, shape: Vec<usize>| v.push((format!("{b}.{name}"), shape));
+        push("norm1.weight", vec![d]);
+        push("norm1.bias", vec![d]);
         for p in ["query", "key", "value", "out"] {
-            v.push((format!("{b}.attn.{p}.weight"), vec![d, d]));
-            v.push((format!("{b}.attn.{p}.bias"), vec![d]));
+            push(&format!("attn.{p}.weight"), vec![d, d]);
+            push(&format!("attn.{p}.bias"), vec![d]);
         }
-        v.push((format!("{b}.mlp.fc1.weight"), vec![d, m]));
-        v.push((format!("{b}.mlp.fc1.bias"), vec![m]));
-        v.push((format!("{b}.mlp.fc2.weight"), vec![m, d]));
-        v.push((format!("{b}.mlp.fc2.bias"), vec![d]));
+        push("norm2.weight", vec![d]);
+        push("norm2.bias", vec![d]);
+        push("mlp.fc1.weight", vec![d, m]);
+        push("mlp.fc1.bias", vec![m]);
+        push("mlp.fc2.weight", vec![m, d]);
+        push("mlp.fc2.bias", vec![d]);
     }
     v.push(("norm.weight".to_string(), vec![d]));
     v.push(("norm.bias".to_string(), vec![d]));
@@ -64,6 +67,24 @@ pub fn expected_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
         v.push(("head.bias".to_string(), vec![c]));
     }
     v
+}
+
+impl VitConfig {
+    /// Number of backbone parameters (embedding, blocks, final norm), without the head: the sum
+    /// over [`native_params`].
+    pub fn num_backbone_params(&self) -> usize {
+        let cfg = self.clone().with_num_classes(None);
+        native_params(&cfg)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// `blocks.{i}.{rest}` → `(i, rest)`.
+pub fn split_block(key: &str) -> Option<(usize, &str)> {
+    let (i, rest) = key.strip_prefix("blocks.")?.split_once('.')?;
+    Some((i.parse().ok()?, rest))
 }
 
 /// Reads the architecture from the metadata, or from the shapes when there is none.
@@ -102,7 +123,7 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
         .take_while(|i| map.tensors.contains_key(&format!("blocks.{i}.norm1.weight")))
         .count();
     let m = dim("blocks.0.mlp.fc1.weight", 1)?;
-    let heads = super::default_heads(d).ok_or_else(|| {
+    let heads = crate::config::standard_heads(d).ok_or_else(|| {
         infer_err(format!(
             "no `{META_CONFIG}` metadata and width {d} is not standard"
         ))
@@ -111,176 +132,33 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     Ok(VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p))
 }
 
-/// Parses a safetensors file held in memory (F32/F64/F16/BF16 and I64/I32 are converted to f32).
-pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
-    let format = |message: String| LoadError::Format {
-        path: path.to_path_buf(),
-        message,
-    };
-    let st = safetensors::SafeTensors::deserialize(bytes)
-        .map_err(|e| format(format!("not a valid safetensors (or npz) file: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| format(format!("bad safetensors header: {e}")))?;
-    let mut map = TensorMap::new(path);
-    if let Some(m) = meta.metadata() {
-        map.metadata = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    }
-    for (name, view) in st.tensors() {
-        let data = view_to_f32(&view).map_err(|message| LoadError::Entry {
-            path: path.to_path_buf(),
-            key: name.clone(),
-            message,
-        })?;
-        map.insert(name, RawTensor::new(view.shape().to_vec(), data));
-    }
-    Ok(map)
-}
-
-fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
-    let b = view.data();
-    let v = match view.dtype() {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F64 => b
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| super::npz::f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        // Integer tensors (labels, indices in test fixtures) are converted; exact below 2^24.
-        Dtype::I64 => b
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
-        Dtype::I32 => b
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
-            .collect(),
-        other => {
-            return Err(format!(
-                "dtype {other:?} is not supported (expected a float type)"
-            ))
-        }
-    };
-    Ok(v)
-}
-
-/// Writes `map` (float32) with its metadata as safetensors. The bytes depend only on the
-/// content (tensors in name order, metadata sorted), so equal models give identical files. The
-/// write is atomic: a temporary file in the same directory is renamed over `path`.
-pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), LoadError> {
-    let mut header = serde_json::Map::new();
-    if !map.metadata.is_empty() {
-        let meta: serde_json::Map<String, serde_json::Value> = map
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
-    }
-    let mut offset = 0usize;
-    for (k, t) in &map.tensors {
-        if t.data.len() != t.shape.iter().product::<usize>() {
-            return Err(LoadError::Format {
-                path: path.to_path_buf(),
-                message: format!(
-                    "cannot serialise `{k}`: {} values for shape {:?}",
-                    t.data.len(),
-                    t.shape
-                ),
-            });
-        }
-        let end = offset + 4 * t.data.len();
-        header.insert(
-            k.clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let mut json =
-        serde_json::to_string(&serde_json::Value::Object(header)).map_err(|e| LoadError::Format {
-            path: path.to_path_buf(),
-            message: format!("cannot write safetensors header: {e}"),
-        })?;
-    while json.len() % 8 != 0 {
-        json.push(' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + json.len() + offset);
-    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(json.as_bytes());
-    for t in map.tensors.values() {
-        for v in &t.data {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let tmp = path.with_extension("safetensors.tmp");
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
-
-fn param<B: Backend, const D: usize>(t: RawTensor, device: &B::Device) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::from_data(TensorData::new(t.data, t.shape), device))
-}
-
-fn raw<B: Backend, const D: usize>(t: &Tensor<B, D>) -> RawTensor {
-    RawTensor::from_tensor(t.clone())
-}
-
 impl<B: Backend> Vit<B> {
     /// Builds a model for `cfg` from a native-layout map, after checking every key and shape.
-    pub fn from_native(cfg: &VitConfig, mut map: TensorMap, device: &B::Device) -> Result<Self, LoadError> {
+    pub fn from_native(cfg: &VitConfig, map: TensorMap, device: &B::Device) -> Result<Self, LoadError> {
         let has_head = cfg.num_classes.is_some();
         map.check(
-            &expected_params(cfg),
+            &native_params(cfg),
             |k| !has_head && k.starts_with("head."),
             super::Layout::Native.name(),
             &cfg.display_name(),
         )?;
-        let mut model = cfg.init::<B>(device);
-        let take_linear = |map: &mut TensorMap, prefix: &str| -> Result<Linear<B>, LoadError> {
-            Ok(Linear {
-                weight: param(map.take(&format!("{prefix}.weight"))?, device),
-                bias: Some(param(map.take(&format!("{prefix}.bias"))?, device)),
-            })
-        };
-        let take_norm = |map: &mut TensorMap, prefix: &str| -> Result<LayerNorm<B>, LoadError> {
-            let mut norm = LayerNormConfig::new(cfg.hidden)
-                .with_epsilon(cfg.layer_norm_eps)
-                .init::<B>(device);
-            norm.gamma = param(map.take(&format!("{prefix}.weight"))?, device);
-            norm.beta = Some(param(map.take(&format!("{prefix}.bias"))?, device));
-            Ok(norm)
-        };
-        model.patch_embed.weight = param(map.take("patch_embed.weight")?, device);
-        model.patch_embed.bias = param(map.take("patch_embed.bias")?, device);
-        model.cls_token = param(map.take("cls_token")?, device);
-        model.pos_embed = param(map.take("pos_embed")?, device);
-        for (i, block) in model.blocks.iter_mut().enumerate() {
-            let b = format!("blocks.{i}");
-            block.norm1 = take_norm(&mut map, &format!("{b}.norm1"))?;
-            block.norm2 = take_norm(&mut map, &format!("{b}.norm2"))?;
-            block.attn.query = take_linear(&mut map, &format!("{b}.attn.query"))?;
-            block.attn.key = take_linear(&mut map, &format!("{b}.attn.key"))?;
-            block.attn.value = take_linear(&mut map, &format!("{b}.attn.value"))?;
-            block.attn.out = take_linear(&mut map, &format!("{b}.attn.out"))?;
-            block.mlp.fc1 = take_linear(&mut map, &format!("{b}.mlp.fc1"))?;
-            block.mlp.fc2 = take_linear(&mut map, &format!("{b}.mlp.fc2"))?;
-        }
-        model.norm = take_norm(&mut map, "norm")?;
-        if has_head {
-            model.head = Some(take_linear(&mut map, "head")?);
+        // Every parameter is replaced; the lazy ones are never initialised.
+        let model = cfg.init::<B>(device);
+        let (model, used) =
+            named::write(model, &map, |p| Some(p.to_string())).map_err(|problems| LoadError::Format {
+                path: map.source.clone(),
+                message: problems.join("; "),
+            })?;
+        let expected = native_params(cfg).len();
+        if used.len() != expected {
+            return Err(LoadError::Format {
+                path: map.source.clone(),
+                message: format!(
+                    "the model has {} of the {expected} native tensors (module paths out of step \
+                     with `native_params`)",
+                    used.len()
+                ),
+            });
         }
         Ok(model)
     }
@@ -288,38 +166,7 @@ impl<B: Backend> Vit<B> {
     /// Exports every backbone tensor (and the head, if any) in the native layout, with the
     /// architecture in the metadata.
     pub fn to_native(&self) -> TensorMap {
-        let mut map = TensorMap::new("<memory>");
-        let lin = |map: &mut TensorMap, prefix: &str, l: &Linear<B>| {
-            map.insert(format!("{prefix}.weight"), raw(&l.weight.val()));
-            if let Some(b) = &l.bias {
-                map.insert(format!("{prefix}.bias"), raw(&b.val()));
-            }
-        };
-        let norm = |map: &mut TensorMap, prefix: &str, n: &LayerNorm<B>| {
-            map.insert(format!("{prefix}.weight"), raw(&n.gamma.val()));
-            if let Some(b) = &n.beta {
-                map.insert(format!("{prefix}.bias"), raw(&b.val()));
-            }
-        };
-        map.insert("patch_embed.weight", raw(&self.patch_embed.weight.val()));
-        map.insert("patch_embed.bias", raw(&self.patch_embed.bias.val()));
-        map.insert("cls_token", raw(&self.cls_token.val()));
-        map.insert("pos_embed", raw(&self.pos_embed.val()));
-        for (i, block) in self.blocks.iter().enumerate() {
-            let b = format!("blocks.{i}");
-            norm(&mut map, &format!("{b}.norm1"), &block.norm1);
-            norm(&mut map, &format!("{b}.norm2"), &block.norm2);
-            lin(&mut map, &format!("{b}.attn.query"), &block.attn.query);
-            lin(&mut map, &format!("{b}.attn.key"), &block.attn.key);
-            lin(&mut map, &format!("{b}.attn.value"), &block.attn.value);
-            lin(&mut map, &format!("{b}.attn.out"), &block.attn.out);
-            lin(&mut map, &format!("{b}.mlp.fc1"), &block.mlp.fc1);
-            lin(&mut map, &format!("{b}.mlp.fc2"), &block.mlp.fc2);
-        }
-        norm(&mut map, "norm", &self.norm);
-        if let Some(head) = &self.head {
-            lin(&mut map, "head", head);
-        }
+        let mut map = named::read(self, |p| Some(p.to_string()));
         let mut cfg = self.config.clone();
         cfg.num_classes = None;
         if let Ok(json) = serde_json::to_string(&cfg) {
@@ -337,5 +184,26 @@ impl<B: Backend> Vit<B> {
             }
         }
         write_safetensors(path, &map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+
+    use super::*;
+
+    #[test]
+    fn the_native_table_is_the_models_module_paths_and_the_parameter_count() {
+        for cfg in [
+            VitConfig::new(8, 2, 2, 16, 4).with_image_size(8),
+            VitConfig::new(8, 1, 2, 16, 4)
+                .with_image_size(12)
+                .with_num_classes(Some(3)),
+        ] {
+            let vit = cfg.init::<Flex>(&Default::default());
+            assert_eq!(named::shapes(&vit), native_params(&cfg));
+        }
+        assert_eq!(VitConfig::vit_b16().num_backbone_params(), 85_798_656);
     }
 }

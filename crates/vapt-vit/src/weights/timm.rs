@@ -13,7 +13,8 @@
 //! | `norm.{weight,bias}` | (D) | same | — |
 //! | `head.*`, `fc_norm.*` | | not loaded | |
 
-use super::{LoadError, RawTensor, TensorMap};
+use super::rename::{Source, Transform};
+use super::{LoadError, TensorMap};
 use crate::config::VitConfig;
 
 /// Keys that may be present in timm checkpoints but are not loaded.
@@ -21,33 +22,45 @@ pub fn ignored(key: &str) -> bool {
     key.starts_with("head.") || key.starts_with("fc_norm.") || key.starts_with("head_drop")
 }
 
-/// Every key (and shape) `cfg` needs from a timm safetensors file.
-pub fn expected_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, m, p, c) = (cfg.hidden, cfg.mlp_dim, cfg.patch_size, cfg.in_channels);
-    let mut v = vec![
-        ("patch_embed.proj.weight".to_string(), vec![d, c, p, p]),
-        ("patch_embed.proj.bias".to_string(), vec![d]),
-        ("cls_token".to_string(), vec![1, 1, d]),
-        ("pos_embed".to_string(), vec![1, 1 + cfg.num_patches(), d]),
-        ("norm.weight".to_string(), vec![d]),
-        ("norm.bias".to_string(), vec![d]),
-    ];
-    for i in 0..cfg.depth {
+/// Where native tensor `key` (shape `shape`) comes from in a timm file (the table above).
+pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
+    let d = cfg.hidden;
+    let same = |k: String| Some(Source::new(k, shape.to_vec(), Transform::Same));
+    let transposed = |k: String| {
+        let file = shape.iter().rev().copied().collect();
+        Some(Source::new(k, file, Transform::Transpose))
+    };
+    if let Some((i, rest)) = super::native::split_block(key) {
         let b = format!("blocks.{i}");
-        for n in ["norm1", "norm2"] {
-            v.push((format!("{b}.{n}.weight"), vec![d]));
-            v.push((format!("{b}.{n}.bias"), vec![d]));
-        }
-        v.push((format!("{b}.attn.qkv.weight"), vec![3 * d, d]));
-        v.push((format!("{b}.attn.qkv.bias"), vec![3 * d]));
-        v.push((format!("{b}.attn.proj.weight"), vec![d, d]));
-        v.push((format!("{b}.attn.proj.bias"), vec![d]));
-        v.push((format!("{b}.mlp.fc1.weight"), vec![m, d]));
-        v.push((format!("{b}.mlp.fc1.bias"), vec![m]));
-        v.push((format!("{b}.mlp.fc2.weight"), vec![d, m]));
-        v.push((format!("{b}.mlp.fc2.bias"), vec![d]));
+        let (module, tensor) = rest.rsplit_once('.')?;
+        let matrix = tensor == "weight";
+        return match module {
+            "norm1" | "norm2" => same(key.to_string()),
+            "attn.query" | "attn.key" | "attn.value" => {
+                let index = ["attn.query", "attn.key", "attn.value"]
+                    .iter()
+                    .position(|m| *m == module)?;
+                let file = if matrix { vec![3 * d, d] } else { vec![3 * d] };
+                let part = Transform::FusedPart { index, parts: 3 };
+                Some(Source::new(format!("{b}.attn.qkv.{tensor}"), file, part))
+            }
+            "attn.out" if matrix => transposed(format!("{b}.attn.proj.weight")),
+            "attn.out" => same(format!("{b}.attn.proj.bias")),
+            "mlp.fc1" | "mlp.fc2" if matrix => transposed(key.to_string()),
+            "mlp.fc1" | "mlp.fc2" => same(key.to_string()),
+            _ => None,
+        };
     }
-    v
+    match key {
+        "patch_embed.weight" => Some(Source::new(
+            "patch_embed.proj.weight",
+            vec![d, cfg.in_channels, cfg.patch_size, cfg.patch_size],
+            Transform::PatchOihw,
+        )),
+        "patch_embed.bias" => same("patch_embed.proj.bias".into()),
+        "cls_token" | "pos_embed" | "norm.weight" | "norm.bias" => same(key.to_string()),
+        _ => None,
+    }
 }
 
 /// Reads the architecture off the shapes. timm fuses q/k/v, so the number of heads is not stored:
@@ -75,7 +88,7 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let m = *fc1
         .first()
         .ok_or_else(|| infer_err(format!("`blocks.0.mlp.fc1.weight` has shape {fc1:?}")))?;
-    let heads = super::default_heads(d).ok_or_else(|| {
+    let heads = crate::config::standard_heads(d).ok_or_else(|| {
         infer_err(format!(
             "width {d} is not a standard ViT width, so the head count is unknown"
         ))
@@ -84,58 +97,4 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let mut cfg = VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p);
     cfg.in_channels = c;
     Ok(cfg)
-}
-
-/// Validates every key against `cfg` and converts to the native layout.
-pub fn to_native(mut map: TensorMap, cfg: &VitConfig) -> Result<TensorMap, LoadError> {
-    map.check(
-        &expected_params(cfg),
-        ignored,
-        super::Layout::Timm.name(),
-        &cfg.display_name(),
-    )?;
-    let d = cfg.hidden;
-    let mut out = TensorMap::new(map.source.clone());
-    out.metadata = std::mem::take(&mut map.metadata);
-    let w = map
-        .take("patch_embed.proj.weight")?
-        .reshaped(vec![d, cfg.patch_dim()]);
-    out.insert("patch_embed.weight", w.transposed_2d());
-    out.insert("patch_embed.bias", map.take("patch_embed.proj.bias")?);
-    for k in ["cls_token", "pos_embed", "norm.weight", "norm.bias"] {
-        out.insert(k, map.take(k)?);
-    }
-    for i in 0..cfg.depth {
-        let b = format!("blocks.{i}");
-        for n in ["norm1", "norm2"] {
-            for wb in ["weight", "bias"] {
-                let k = format!("{b}.{n}.{wb}");
-                out.insert(k.clone(), map.take(&k)?);
-            }
-        }
-        let qkv_w = map.take(&format!("{b}.attn.qkv.weight"))?;
-        let qkv_b = map.take(&format!("{b}.attn.qkv.bias"))?;
-        for (j, name) in ["query", "key", "value"].iter().enumerate() {
-            let rows = qkv_w.data[j * d * d..(j + 1) * d * d].to_vec();
-            let w = RawTensor::new(vec![d, d], rows).transposed_2d();
-            let bias = RawTensor::new(vec![d], qkv_b.data[j * d..(j + 1) * d].to_vec());
-            out.insert(format!("{b}.attn.{name}.weight"), w);
-            out.insert(format!("{b}.attn.{name}.bias"), bias);
-        }
-        let proj = map.take(&format!("{b}.attn.proj.weight"))?;
-        out.insert(format!("{b}.attn.out.weight"), proj.transposed_2d());
-        out.insert(
-            format!("{b}.attn.out.bias"),
-            map.take(&format!("{b}.attn.proj.bias"))?,
-        );
-        for fc in ["fc1", "fc2"] {
-            let w = map.take(&format!("{b}.mlp.{fc}.weight"))?;
-            out.insert(format!("{b}.mlp.{fc}.weight"), w.transposed_2d());
-            out.insert(
-                format!("{b}.mlp.{fc}.bias"),
-                map.take(&format!("{b}.mlp.{fc}.bias"))?,
-            );
-        }
-    }
-    Ok(out)
 }

@@ -1,4 +1,4 @@
-//! Numeric parity against fixtures produced by the authors' code (`../shared/fixtures/parity`).
+//! Numeric parity against fixtures produced by the authors' code (`tests/fixtures/parity`).
 //!
 //! A fixture folder holds `config.json` (sizes, knobs, tolerance rule), `backbone.npz` (Google
 //! layout), `params.safetensors` (every trainable tensor, SPEC §3.4 names) and `io.safetensors`
@@ -14,43 +14,12 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::Value;
 use vapt_vit::weights::read_any;
-use vapt_vit::{load_pretrained, LoadError, LoadOptions, RawTensor, VitConfig};
+use vapt_vit::{load_pretrained, LoadOptions, RawTensor, VitConfig};
 
-use crate::config::{Activation, ConfigError, Method, PromptConfig, VaptConfig};
-use crate::model::{cross_entropy, PromptedVit, Trace};
-use crate::params::expert_gradients;
+use vapt_experts::{expert_gradients, Activation, Method, PromptConfig, PromptedVit, Trace, VaptConfig};
 
-/// Errors while reading or running a fixture; each names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ParityError {
-    /// A file could not be read.
-    #[error("{path}: {source}", path = .path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// `config.json` is malformed or lacks a field.
-    #[error("{path}: {message}", path = .path.display())]
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A weights/params/io file problem.
-    #[error(transparent)]
-    Load(#[from] LoadError),
-    /// The described configuration is invalid.
-    #[error("{path}: {source}", path = .path.display())]
-    Invalid {
-        /// The config file.
-        path: PathBuf,
-        /// Why.
-        source: ConfigError,
-    },
-}
+use crate::error::TrainError;
+use crate::loss::cross_entropy;
 
 /// A tolerance rule for tensors whose name starts with `prefix`.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,18 +47,18 @@ pub struct Fixture {
     pub tolerances: Vec<ToleranceRule>,
 }
 
-fn field<'a>(cfg: &'a Value, path: &Path, key: &str) -> Result<&'a Value, ParityError> {
-    cfg.get(key).ok_or_else(|| ParityError::Config {
+fn field<'a>(cfg: &'a Value, path: &Path, key: &str) -> Result<&'a Value, TrainError> {
+    cfg.get(key).ok_or_else(|| TrainError::Config {
         path: path.to_path_buf(),
         message: format!("missing field `{key}`"),
     })
 }
 
-fn usize_field(cfg: &Value, path: &Path, key: &str) -> Result<usize, ParityError> {
+fn usize_field(cfg: &Value, path: &Path, key: &str) -> Result<usize, TrainError> {
     field(cfg, path, key)?
         .as_u64()
         .map(|v| v as usize)
-        .ok_or_else(|| ParityError::Config {
+        .ok_or_else(|| TrainError::Config {
             path: path.to_path_buf(),
             message: format!("field `{key}` must be a non-negative integer"),
         })
@@ -101,13 +70,13 @@ fn opt<'a>(cfg: &'a Value, key: &str) -> Option<&'a Value> {
 
 impl Fixture {
     /// Reads `dir/config.json`.
-    pub fn read(dir: &Path) -> Result<Self, ParityError> {
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| ParityError::Io {
+        let text = std::fs::read_to_string(&path).map_err(|source| TrainError::Io {
             path: path.clone(),
             source,
         })?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| ParityError::Config {
+        let cfg: Value = serde_json::from_str(&text).map_err(|e| TrainError::Config {
             path: path.clone(),
             message: format!("invalid JSON: {e}"),
         })?;
@@ -125,10 +94,13 @@ impl Fixture {
             vit.layer_norm_eps = eps;
         }
         let method_name = field(&cfg, &path, "method")?.as_str().unwrap_or_default();
-        let method: Method = method_name.parse().map_err(|source| ParityError::Invalid {
-            path: path.clone(),
-            source,
-        })?;
+        let method: Method =
+            method_name
+                .parse()
+                .map_err(|source: vapt_experts::ConfigError| TrainError::Config {
+                    path: path.clone(),
+                    message: source.to_string(),
+                })?;
         let defaults = VaptConfig::default();
         let b = |k: &str, d: bool| opt(&cfg, k).and_then(Value::as_bool).unwrap_or(d);
         let n = |k: &str, d: usize| {
@@ -166,14 +138,14 @@ impl Fixture {
             vapt,
         }
         .without_dropout();
-        prompt.validate(&vit).map_err(|source| ParityError::Invalid {
+        prompt.validate(&vit).map_err(|source| TrainError::Config {
             path: path.clone(),
-            source,
+            message: source.to_string(),
         })?;
         let rules = cfg
             .pointer("/suggested_tolerance/by_prefix")
             .and_then(Value::as_array)
-            .ok_or_else(|| ParityError::Config {
+            .ok_or_else(|| TrainError::Config {
                 path: path.clone(),
                 message: "missing `suggested_tolerance.by_prefix`".into(),
             })?;
@@ -187,7 +159,7 @@ impl Fixture {
                 })
             })
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ParityError::Config {
+            .ok_or_else(|| TrainError::Config {
                 path: path.clone(),
                 message: "every tolerance rule needs `prefix`, `atol` and `rtol`".into(),
             })?;
@@ -266,7 +238,7 @@ fn flat<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> V
 }
 
 /// Runs fixture `dir` on backend `B` and compares every stored tensor.
-pub fn run_parity<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<ParityReport, ParityError> {
+pub fn run_parity<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<ParityReport, TrainError> {
     let fx = Fixture::read(dir)?;
     let opts = LoadOptions {
         arch: Some(fx.vit.clone()),
@@ -274,16 +246,16 @@ pub fn run_parity<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<
     };
     let (backbone, _) = load_pretrained::<B>(&dir.join("backbone.npz"), &opts, device)?;
     let model =
-        PromptedVit::new(backbone, fx.prompt.clone(), device).map_err(|source| ParityError::Invalid {
+        PromptedVit::new(backbone, fx.prompt.clone(), device).map_err(|source| TrainError::Config {
             path: dir.join("config.json"),
-            source,
+            message: source.to_string(),
         })?;
     let (params, _) = read_any(&dir.join("params.safetensors"))?;
-    let model = model.import_experts(&params, device)?;
+    let model = model.import_experts(&params)?;
     let (io, _) = read_any(&dir.join("io.safetensors"))?;
     let io_path = dir.join("io.safetensors");
-    let get = |k: &str| -> Result<&RawTensor, ParityError> {
-        io.tensors.get(k).ok_or_else(|| ParityError::Config {
+    let get = |k: &str| -> Result<&RawTensor, TrainError> {
+        io.tensors.get(k).ok_or_else(|| TrainError::Config {
             path: io_path.clone(),
             message: format!("missing tensor `{k}`"),
         })

@@ -1,0 +1,172 @@
+//! `vapt eval`, `vapt predict` and `vapt analyze`: a finished run (or a prompts artifact) through
+//! [`vapt_train::Predictor`].
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use vapt_data::images;
+use vapt_train::Predictor;
+
+use crate::device::Job;
+
+/// Where `eval`, `predict` and `analyze` get a trained model from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A run folder (its config.json and prompts.safetensors) or a prompts artifact file.
+    pub model: PathBuf,
+    /// Backbone weights (needed with an artifact file; overrides the run's).
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load<B: burn::tensor::backend::Backend>(&self, device: &B::Device) -> Result<Predictor<B>> {
+        Ok(Predictor::load(&self.model, self.weights.clone(), device)?)
+    }
+}
+
+/// `vapt eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder holding the task folders [default: the run's].
+    #[arg(long, value_name = "DIR")]
+    pub data_root: Option<PathBuf>,
+    /// Task [default: the run's].
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Split to score [default: the run's eval split].
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vapt eval` on a device.
+pub struct EvalJob(pub EvalArgs);
+
+impl Job for EvalJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let predictor = args.model.load::<B::InnerBackend>(&device)?;
+        let mut data = predictor.cfg.data.clone();
+        if let Some(r) = &args.data_root {
+            data.root = r.clone();
+        }
+        if let Some(t) = &args.task {
+            data.task = t.clone();
+        }
+        if let Some(s) = &args.split {
+            data.eval_split = s.clone();
+        }
+        let score = predictor.evaluate(&data, args.batch_size, &device)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&score)?);
+        } else {
+            println!(
+                "{} {}: top-1 {:.2}%  loss {:.4}  ({} images)",
+                score.task, score.split, score.top1, score.loss, score.images
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `vapt predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images to classify (PNG or JPEG).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vapt predict` on a device.
+pub struct PredictJob(pub PredictArgs);
+
+impl Job for PredictJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let predictor = args.model.load::<B::InnerBackend>(&device)?;
+        for path in &args.images {
+            let top = predictor.predict_file(path, args.top, &device)?;
+            if args.json {
+                let top: Vec<_> = top
+                    .iter()
+                    .map(|p| serde_json::json!({"class": p.class, "p": p.probability}))
+                    .collect();
+                println!("{}", serde_json::json!({"image": path, "top": top}));
+            } else {
+                let top: Vec<String> = top
+                    .iter()
+                    .map(|p| format!("{} ({:.1}%)", p.class, 100.0 * p.probability))
+                    .collect();
+                println!("{}: {}", path.display(), top.join(", "));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `vapt analyze`.
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Images (from the run's evaluation split) to average over.
+    #[arg(long, default_value_t = 32)]
+    pub images: usize,
+    /// Write the heatmap (rows = blocks, columns = heads, colour = prompt gate mass of the CLS
+    /// query) to this PNG.
+    #[arg(long, value_name = "PNG")]
+    pub png: Option<PathBuf>,
+    /// Print JSON (the full per-block, per-head view) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `vapt analyze` on a device.
+pub struct AnalyzeJob(pub AnalyzeArgs);
+
+impl Job for AnalyzeJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let predictor = args.model.load::<B::InnerBackend>(&device)?;
+        let set = predictor.eval_set(&predictor.cfg.data)?;
+        let n = args.images.min(set.len()).max(1);
+        let idx: Vec<usize> = (0..n).collect();
+        let items = set.items(&idx, 0)?;
+        let batch = images::make_batch::<B::InnerBackend>(&items, predictor.image_size(), &device);
+        let view = predictor.model.moe_view(batch.images);
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&view)?);
+        } else {
+            print!("{}", crate::analyze::table(&view));
+        }
+        if let Some(png) = &args.png {
+            crate::analyze::heatmap(&view, png)?;
+            println!("heatmap: {}", png.display());
+        }
+        Ok(())
+    }
+}

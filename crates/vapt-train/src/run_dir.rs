@@ -1,0 +1,208 @@
+//! The run folder: its layout, what is written into it and when, and the records it holds.
+//!
+//! A run folder (`--out`) receives, in order: `config.json` (the full configuration, before any
+//! work), `metrics.jsonl` + `metrics.csv` (one [`EpochRow`] per epoch, rewritten atomically after
+//! each epoch), `checkpoint/` (trainable tensors + optimiser state, atomic, every epoch), and at the
+//! end `prompts.safetensors` (the prompt-only artifact) and `result.json` ([`RunResult`]). A folder
+//! with a `result.json` is never written to again.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::error::TrainError;
+use crate::files::{read_json, write_atomic, write_json};
+
+/// The prompt-only artifact written at the end of a run.
+pub const ARTIFACT_FILE: &str = "prompts.safetensors";
+/// The fine-tuned backbone, written at the end of a `full` run.
+pub const BACKBONE_FILE: &str = "backbone.safetensors";
+/// The final record of a run.
+pub const RESULT_FILE: &str = "result.json";
+/// The configuration, written first.
+pub const CONFIG_FILE: &str = "config.json";
+/// The checkpoint folder, present while a run is unfinished.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// How to run (not part of the configuration: it does not change the result).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The run folder.
+    pub out: PathBuf,
+    /// Continue an unfinished run in `out` from its last checkpoint.
+    pub resume: bool,
+    /// Stop (resumably) once this many epochs are complete; for splitting a run across job slots.
+    pub stop_after: Option<usize>,
+    /// A name of the device for the record (`cpu`, `cuda:0`, ...).
+    pub device_label: String,
+}
+
+/// One row of `metrics.jsonl` / `metrics.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Learning rate of every step of the epoch.
+    pub lr: f64,
+    /// Mean training cross-entropy over the epoch's images.
+    pub train_loss: f64,
+    /// Training top-1 (%), with dropout on, as the model trained.
+    pub train_top1: f64,
+    /// Evaluation loss, on epochs that were evaluated.
+    pub eval_loss: Option<f64>,
+    /// Evaluation top-1 (%), on epochs that were evaluated.
+    pub eval_top1: Option<f64>,
+    /// Wall seconds of the epoch (training and evaluation).
+    pub seconds: f64,
+}
+
+/// Final status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// All epochs completed.
+    Ok,
+    /// The loss became NaN/inf; the run scores 0 in selection.
+    Diverged,
+}
+
+/// `result.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// ok or diverged.
+    pub status: RunStatus,
+    /// Why the run stopped early, if it did.
+    pub failure: Option<String>,
+    /// Task.
+    pub task: String,
+    /// Method.
+    pub method: String,
+    /// The split scored.
+    pub eval_split: String,
+    /// Last-epoch top-1 (%) on `eval_split` (0 for a diverged run).
+    pub eval_top1: f64,
+    /// Last-epoch loss on `eval_split`.
+    pub eval_loss: Option<f64>,
+    /// Last-epoch training loss.
+    pub train_loss: Option<f64>,
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Trainable parameters (experts + head).
+    pub trainable_params: usize,
+    /// All parameters (backbone included).
+    pub total_params: usize,
+    /// Wall seconds over all sessions of the run.
+    pub wall_seconds: f64,
+    /// Device.
+    pub device: String,
+    /// Seed.
+    pub seed: u64,
+    /// vapt's source revision.
+    pub git_revision: String,
+    /// SHA-256 of the backbone weights file (`null` for a random backbone).
+    pub weights_sha256: Option<String>,
+    /// SHA-256 of the task folder's `vapt-manifest.json` (`null` when it has none; run
+    /// `vapt data verify` to create it).
+    pub data_manifest_sha256: Option<String>,
+    /// The prompt artifact (relative to the run folder).
+    pub artifact: Option<String>,
+}
+
+/// How a call to [`crate::train`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The run finished (ok or diverged) and `result.json` was written.
+    Finished(Box<RunResult>),
+    /// Stopped resumably after this many epochs (`stop_after` or a user interrupt).
+    Stopped(usize),
+}
+
+/// vapt's source revision, recorded in every result.
+pub fn git_revision() -> &'static str {
+    option_env!("VAPT_GIT_REV").unwrap_or("unknown")
+}
+
+/// Reads a run's `result.json`, if it has one.
+pub fn read_result(dir: &Path) -> Result<Option<RunResult>, TrainError> {
+    let path = dir.join(RESULT_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    read_json(&path, "vapt result").map(Some)
+}
+
+fn diff_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<_> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => diff_keys(u, v, &p, out),
+                    _ => out.push(p),
+                }
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// Prepares the run folder: refuses a finished run, refuses an unfinished one without `resume`
+/// (and with another configuration), writes `config.json` for a new one.
+pub fn prepare(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
+    let dir = &opts.out;
+    if dir.join(RESULT_FILE).exists() {
+        return Err(TrainError::Finished { dir: dir.clone() });
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    let ours = serde_json::to_value(cfg).map_err(|e| TrainError::Config {
+        path: config_path.clone(),
+        message: e.to_string(),
+    })?;
+    if config_path.exists() {
+        if !opts.resume {
+            return Err(TrainError::Unfinished { dir: dir.clone() });
+        }
+        let theirs: serde_json::Value = read_json(&config_path, "run configuration")?;
+        let mut keys = Vec::new();
+        diff_keys(&theirs, &ours, "", &mut keys);
+        if !keys.is_empty() {
+            return Err(TrainError::ConfigMismatch {
+                path: config_path,
+                keys: keys.join(", "),
+            });
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    write_json(&config_path, &ours)
+}
+
+/// Rewrites `metrics.jsonl` and `metrics.csv` with `history`.
+pub fn write_metrics(dir: &Path, history: &[EpochRow]) -> Result<(), TrainError> {
+    let mut jsonl = String::new();
+    let mut csv = String::from("epoch,lr,train_loss,train_top1,eval_loss,eval_top1,seconds\n");
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for r in history {
+        jsonl.push_str(&serde_json::to_string(r).unwrap_or_default());
+        jsonl.push('\n');
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{:.3}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.train_top1,
+            opt(r.eval_loss),
+            opt(r.eval_top1),
+            r.seconds
+        ));
+    }
+    write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())
+}

@@ -1,0 +1,146 @@
+//! Checkpoint layouts as rename tables: for every tensor of the native layout (the table in
+//! [`super::native::native_params`]) a layout names the file key it comes from, that key's shape in
+//! the file and the [`Transform`] between the two. The expected-key check and the conversion are
+//! derived from that one table, for every layout alike.
+
+use super::tensor::{RawTensor, TensorMap};
+use super::LoadError;
+
+/// How a native tensor is computed from the file tensor it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// The same values in the same shape.
+    Same,
+    /// The same values (row-major) in the native shape, e.g. Google's `(D, H, hd)` query kernel as
+    /// `(D, D)`.
+    Reshape,
+    /// A PyTorch `(out, in)` matrix as Burn's `[in, out]`.
+    Transpose,
+    /// Part `index` of `parts` equal row blocks of a fused `(parts·n, ..)` tensor (timm's `qkv`),
+    /// transposed when it is a matrix.
+    FusedPart {
+        /// Which block (0-based).
+        index: usize,
+        /// How many blocks are fused.
+        parts: usize,
+    },
+    /// A patch-embedding conv kernel stored HWIO `(p, p, C, D)` (JAX) as `[C·p·p, D]`.
+    PatchHwio,
+    /// A patch-embedding conv kernel stored OIHW `(D, C, p, p)` (PyTorch) as `[C·p·p, D]`.
+    PatchOihw,
+}
+
+impl Transform {
+    /// The native tensor of shape `native` from the file tensor `t`.
+    pub fn apply(self, t: &RawTensor, native: &[usize]) -> RawTensor {
+        match self {
+            Transform::Same => t.clone(),
+            Transform::Reshape => t.clone().reshaped(native.to_vec()),
+            Transform::Transpose => t.transposed_2d(),
+            Transform::FusedPart { index, parts } => {
+                let rows = t.shape[0] / parts;
+                let per_row: usize = t.shape[1..].iter().product();
+                let block = t.data[index * rows * per_row..(index + 1) * rows * per_row].to_vec();
+                let mut shape = t.shape.clone();
+                shape[0] = rows;
+                let part = RawTensor::new(shape, block);
+                if part.shape.len() == 2 {
+                    part.transposed_2d()
+                } else {
+                    part
+                }
+            }
+            Transform::PatchHwio => {
+                // (ky, kx, c, d) -> (c, ky, kx, d) -> [c·p·p, d]
+                t.permuted(&[2, 0, 1, 3]).reshaped(native.to_vec())
+            }
+            Transform::PatchOihw => {
+                let d = t.shape[0];
+                t.clone().reshaped(vec![d, t.numel() / d.max(1)]).transposed_2d()
+            }
+        }
+    }
+}
+
+/// Where one native tensor comes from in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// The file's key.
+    pub key: String,
+    /// Its shape in the file.
+    pub shape: Vec<usize>,
+    /// How the native tensor is made from it.
+    pub transform: Transform,
+}
+
+impl Source {
+    /// A source with the given key, file shape and transform.
+    pub fn new(key: impl Into<String>, shape: Vec<usize>, transform: Transform) -> Self {
+        Self {
+            key: key.into(),
+            shape,
+            transform,
+        }
+    }
+}
+
+/// One row of a rename table: a native key and shape, and its source in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    /// Native key (`blocks.0.attn.query.weight`).
+    pub native: String,
+    /// Native shape.
+    pub shape: Vec<usize>,
+    /// Where it comes from.
+    pub source: Source,
+}
+
+/// The file keys (and shapes) a table reads, each once, in table order.
+pub fn file_keys(table: &[Rename]) -> Vec<(String, Vec<usize>)> {
+    let mut seen = std::collections::HashSet::new();
+    table
+        .iter()
+        .filter(|r| seen.insert(r.source.key.as_str()))
+        .map(|r| (r.source.key.clone(), r.source.shape.clone()))
+        .collect()
+}
+
+/// Converts `map` to the native layout with `table`, after checking every key and shape at once
+/// (`ignored` file keys are neither required nor reported).
+pub fn convert(
+    mut map: TensorMap,
+    table: &[Rename],
+    ignored: impl Fn(&str) -> bool,
+    layout: &str,
+    model: &str,
+) -> Result<TensorMap, LoadError> {
+    map.check(&file_keys(table), ignored, layout, model)?;
+    let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in table {
+        *uses.entry(r.source.key.as_str()).or_default() += 1;
+    }
+    let mut out = TensorMap::new(map.source.clone());
+    out.metadata = std::mem::take(&mut map.metadata);
+    for r in table {
+        let left = uses.get_mut(r.source.key.as_str()).map(|n| {
+            *n -= 1;
+            *n
+        });
+        // A file tensor used once, unchanged, moves; shared or transformed ones are read in place.
+        let t = if left == Some(0) && r.source.transform == Transform::Same {
+            map.take(&r.source.key)?
+        } else {
+            let t = map.tensors.get(&r.source.key).ok_or_else(|| LoadError::Format {
+                path: map.source.clone(),
+                message: format!("`{}` vanished during conversion", r.source.key),
+            })?;
+            let t = r.source.transform.apply(t, &r.shape);
+            if left == Some(0) {
+                map.tensors.remove(&r.source.key);
+            }
+            t
+        };
+        out.insert(r.native.clone(), t);
+    }
+    Ok(out)
+}
