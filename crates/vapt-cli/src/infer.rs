@@ -115,10 +115,7 @@ impl Job for PredictJob {
                     .collect();
                 println!("{}", serde_json::json!({"image": path, "top": top}));
             } else {
-                let top: Vec<String> = top
-                    .iter()
-                    .map(|p| format!("{} ({:.1}%)", p.class, 100.0 * p.probability))
-                    .collect();
+                let top: Vec<String> = top.iter().map(ToString::to_string).collect();
                 println!("{}: {}", path.display(), top.join(", "));
             }
         }

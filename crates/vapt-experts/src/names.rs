@@ -77,3 +77,51 @@ pub fn expert_gradients<B: AutodiffBackend>(model: &PromptedVit<B>, grads: &B::G
     let expected = model.config.expert_shapes(&model.backbone.config);
     to_external_shapes(named::read_grads(model, grads, external_name), &expected)
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use vapt_vit::{named, VitConfig};
+
+    use super::*;
+    use crate::{Method, PromptConfig};
+
+    /// The module's trainable tensors, named externally, are exactly the table of
+    /// `expert_shapes` (same names, same sizes), for every method and the knobs that change them.
+    #[test]
+    fn module_paths_give_exactly_the_expert_table() {
+        let vit = VitConfig::new(16, 3, 2, 32, 4).with_image_size(16);
+        let mut configs: Vec<PromptConfig> = Method::all().map(|m| PromptConfig::new(m, 3, 5)).collect();
+        let mut knobs = PromptConfig::new(Method::Vapt, 2, 0);
+        knobs.vapt.vpt_depth = 2;
+        knobs.vapt.channelwise = false;
+        knobs.vapt.share_projector = false;
+        knobs.vapt.learnable_scale = true;
+        configs.push(knobs.clone());
+        knobs.vapt.conv = false;
+        knobs.vapt.feat_projector = false;
+        configs.push(knobs);
+        for cfg in configs {
+            let model = PromptedVit::new(
+                vit.init::<Flex>(&Default::default()),
+                cfg.clone(),
+                &Default::default(),
+            )
+            .unwrap();
+            let ours: Vec<(String, usize)> = named::shapes(&model)
+                .into_iter()
+                .filter_map(|(p, s)| Some((external_name(&p)?, s.iter().product())))
+                .collect();
+            let table: Vec<(String, usize)> = cfg
+                .expert_shapes(&vit)
+                .into_iter()
+                .map(|(n, s)| (n, s.iter().product()))
+                .collect();
+            let sorted = |mut v: Vec<(String, usize)>| {
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(ours), sorted(table), "{cfg:?}");
+        }
+    }
+}

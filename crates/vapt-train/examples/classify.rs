@@ -28,12 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model.model.backbone.config.display_name()
     );
     for image in images {
-        let top = model.predict_file(&image, 3, &device)?;
-        let classes: Vec<String> = top
+        // Each prediction prints as `class (probability)`, e.g. `7 (99.2%)`.
+        let top: Vec<String> = model
+            .predict_file(&image, 3, &device)?
             .iter()
-            .map(|p| format!("class {} ({:.1}%)", p.class, 100.0 * p.probability))
+            .map(ToString::to_string)
             .collect();
-        println!("{}: {}", image.display(), classes.join(", "));
+        println!("{}: {}", image.display(), top.join(", "));
     }
     Ok(())
 }

@@ -41,6 +41,13 @@ pub struct Prediction {
     pub probability: f32,
 }
 
+impl std::fmt::Display for Prediction {
+    /// `7 (99.2%)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:.1}%)", self.class, 100.0 * self.probability)
+    }
+}
+
 /// The score of a model on a split.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Score {
