@@ -64,7 +64,7 @@ fn loaded_tensors_equal_the_file() {
         get(weights::google::POS_EMBED).data
     );
     assert_eq!(
-        values(model.norm.weight.val()),
+        values(model.norm.as_ref().expect("CLS pooling").weight.val()),
         get("Transformer/encoder_norm/scale").data
     );
     // Patch kernel: native row c·p² + ky·p + kx, column d  <-  HWIO kernel[ky, kx, c, d].
@@ -500,4 +500,47 @@ fn unreadable_files_name_the_file() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("absent.npz"), "{msg}");
+}
+
+/// ViT-L/16 and ViT-H/14 are read off Google npz and timm files (shapes only, no model built),
+/// and their sizes are the published ones (timm: 304,326,632 and 632,045,800 parameters with a
+/// 1000-class head of 1,025,000 and 1,281,000).
+#[test]
+fn large_and_huge_are_inferred_from_npz_and_timm_files() {
+    let zeros = |shape: Vec<usize>| RawTensor::new(shape.clone(), vec![0.0; shape.iter().product()]);
+    for (variant, params) in [("L/16", 303_301_632usize), ("H/14", 630_764_800)] {
+        let want = VitConfig::from_variant(variant).unwrap();
+        assert_eq!(want.num_backbone_params(), params, "{variant}");
+        let (d, p, n) = (want.hidden, want.patch_size, 1 + want.num_patches());
+        let mut timm = TensorMap::new(format!("{variant}.safetensors"));
+        timm.insert("patch_embed.proj.weight", zeros(vec![d, 3, p, p]));
+        timm.insert("pos_embed", zeros(vec![1, n, d]));
+        timm.insert("blocks.0.mlp.fc1.weight", zeros(vec![want.mlp_dim, d]));
+        for i in 0..want.depth {
+            timm.insert(format!("blocks.{i}.norm1.weight"), zeros(vec![d]));
+        }
+        let mut google = TensorMap::new(format!("{variant}.npz"));
+        google.insert("embedding/kernel", zeros(vec![p, p, 3, d]));
+        google.insert(weights::google::POS_EMBED, zeros(vec![1, n, d]));
+        let b0 = "Transformer/encoderblock_0";
+        google.insert(
+            format!("{b0}/MultiHeadDotProductAttention_1/query/kernel"),
+            zeros(vec![d, want.heads, d / want.heads]),
+        );
+        google.insert(
+            format!("{b0}/MlpBlock_3/Dense_0/kernel"),
+            zeros(vec![d, want.mlp_dim]),
+        );
+        for i in 0..want.depth {
+            google.insert(
+                format!("Transformer/encoderblock_{i}/LayerNorm_0/scale"),
+                zeros(vec![d]),
+            );
+        }
+        for (map, layout) in [(&timm, Layout::Timm), (&google, Layout::Google)] {
+            let got = weights::infer_arch(map, layout).unwrap();
+            assert_eq!(got, want, "{variant} from {}", map.source.display());
+            assert_eq!(got.display_name(), format!("ViT-{variant} @224"));
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Prompt experts against the authors' code (all three parity fixtures), plus the properties the
+//! Prompt experts against the authors' code (the parity fixtures), plus the properties the
 //! paper's code implies: zero-initialised adaptive prompts with non-zero gradients, a frozen
 //! backbone, and the MoE view.
 
@@ -30,6 +30,20 @@ fn parity_vpt_shallow() {
 #[test]
 fn parity_vpt_deep() {
     parity("b_vpt_deep");
+}
+
+/// VAPT on MAE, from the released checkpoint's layout (`backbone.pth`, a `model` dict without a
+/// head): mean pooling through `fc_norm` at its initial values, the file's `norm` ignored.
+#[test]
+fn parity_mae_vapt() {
+    parity("g_mae_vapt");
+}
+
+/// VAPT on MoCo v3, from the linear-probe checkpoint's layout (`backbone.pth.tar`: `state_dict`
+/// of `module.` keys beside the optimizer state).
+#[test]
+fn parity_moco_vapt() {
+    parity("h_moco_vapt");
 }
 
 #[test]

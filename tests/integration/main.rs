@@ -2,4 +2,5 @@
 
 mod backbone;
 mod experts;
+mod pth;
 mod train;

@@ -9,6 +9,7 @@ use vapt_train::monitor::Quiet;
 use vapt_train::run_dir::read_result;
 use vapt_train::sweep::{self, PointOutcome, SweepSpec};
 use vapt_train::{train, RunOptions, RunStatus, TrainConfig, TrainError};
+use vapt_vit::BackboneKind;
 
 type A = Autodiff<Flex>;
 
@@ -35,6 +36,23 @@ fn opts(out: &Path, resume: bool, stop_after: Option<usize>) -> RunOptions {
         stop_after,
         device_label: "cpu".into(),
     }
+}
+
+/// Runs a whole sweep on the CPU, quietly, reporting each point's outcome to `on_point`.
+fn quiet_sweep(
+    spec: &SweepSpec,
+    out: &Path,
+    on_point: &mut dyn FnMut(usize, &PointOutcome),
+) -> sweep::Summary {
+    sweep::run_all::<A>(
+        spec,
+        out,
+        &Default::default(),
+        "cpu",
+        &mut || Box::new(Quiet),
+        &mut |i, _, o| on_point(i, o),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -67,17 +85,8 @@ fn a_two_by_two_sweep_completes_then_skips_every_point() {
     spec.wds = vec![0.001, 0.0];
     spec.seeds = vec![42];
     let out = tmp.path().join("sweep");
-    let device = Default::default();
     let mut outcomes = Vec::new();
-    let summary = sweep::run_all::<A>(
-        &spec,
-        &out,
-        &device,
-        "cpu",
-        &mut || Box::new(Quiet),
-        &mut |i, _, o| outcomes.push((i, o.clone())),
-    )
-    .unwrap();
+    let summary = quiet_sweep(&spec, &out, &mut |i, o| outcomes.push((i, o.clone())));
     assert_eq!(outcomes.len(), 5, "4 grid points + 1 seed");
     assert!(
         outcomes.iter().all(|(_, o)| *o == PointOutcome::Trained),
@@ -101,15 +110,7 @@ fn a_two_by_two_sweep_completes_then_skips_every_point() {
     assert_eq!(final_cfg.data.train_split, "train800val200");
 
     let mut again = Vec::new();
-    sweep::run_all::<A>(
-        &spec,
-        &out,
-        &device,
-        "cpu",
-        &mut || Box::new(Quiet),
-        &mut |i, _, o| again.push((i, o.clone())),
-    )
-    .unwrap();
+    quiet_sweep(&spec, &out, &mut |i, o| again.push((i, o.clone())));
     assert_eq!(again.len(), 5);
     assert!(
         again.iter().all(|(_, o)| *o == PointOutcome::Skipped),
@@ -161,4 +162,39 @@ fn a_finished_run_scores_and_predicts_from_a_program() {
         err.contains("nowhere") && err.contains("prompts artifact"),
         "{err}"
     );
+}
+
+/// Sweeps on a supervised and an MAE backbone (tiny, random; 2 × 1 grids, one seed) report
+/// side by side, with the paper's Table 2 block; the MAE runs record their kind.
+#[test]
+fn sweeps_on_two_backbones_report_the_table_2_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 2);
+    for kind in [BackboneKind::Supervised, BackboneKind::Mae] {
+        let mut base = tiny_config(tmp.path());
+        base.optim.epochs = 1;
+        base.optim.warmup = 0;
+        base.backbone.kind = Some(kind);
+        let mut spec = SweepSpec::paper(base);
+        spec.lrs = vec![4.0, 1.0];
+        spec.wds = vec![0.0];
+        spec.seeds = vec![42];
+        let out = tmp.path().join("sweeps").join(kind.name());
+        let summary = quiet_sweep(&spec, &out, &mut |_, _| {});
+        assert_eq!(summary.backbone, kind);
+        let run = read_result(&sweep::final_dir(&out, 42)).unwrap().unwrap();
+        assert_eq!(run.backbone_kind, kind);
+    }
+    let summaries: Vec<_> = vapt_train::report::find_summaries(&tmp.path().join("sweeps"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    let table = vapt_train::report::Table::new(&summaries);
+    let md = table.markdown();
+    assert!(md.contains("Table 2"), "{md}");
+    for row in ["| supervised | vapt |", "| mae | vapt |"] {
+        assert_eq!(md.matches(row).count(), 2, "{row} in both tables:\n{md}");
+    }
+    assert!(table.csv().contains("\nmae,vapt,"), "{}", table.csv());
 }

@@ -2,6 +2,8 @@
 //! (`tests/fixtures/parity` in the repository, or `$VAPT_FIXTURES`), reading their safetensors
 //! files and comparing tensors with the fixtures' tolerance rule.
 
+pub mod torch;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

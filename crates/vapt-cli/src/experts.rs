@@ -141,6 +141,11 @@ pub struct ParamsArgs {
     /// Input image side (sets the patch grid the VAPT conv works on).
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
+    /// Pre-training of the backbone: `supervised`, `mae` or `moco-v3`. The self-supervised ones
+    /// follow the authors' SSL classes (one shared projector; with --vpt-depth > 1, L-1 static
+    /// deep-prompt rows).
+    #[arg(long, default_value = "supervised", value_parser = crate::parse_kind)]
+    pub backbone_kind: vapt_vit::BackboneKind,
     /// Classes of the head (0: count the experts alone, as the paper's tables do).
     #[arg(long, default_value_t = 0)]
     pub classes: usize,
@@ -153,7 +158,9 @@ pub struct ParamsArgs {
 
 /// Prints the trainable/total parameter report; needs no weights and no device.
 pub fn params(args: &ParamsArgs) -> Result<()> {
-    let vit = VitConfig::from_variant(&args.variant)?.with_image_size(args.image_size);
+    let vit = VitConfig::from_variant(&args.variant)?
+        .with_image_size(args.image_size)
+        .with_kind(args.backbone_kind);
     vit.validate()?;
     let cfg = args.experts.config(args.classes);
     cfg.validate(&vit)?;

@@ -18,7 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use clap::{Args, Parser, Subcommand};
 use vapt_experts::params::group;
-use vapt_vit::{load_pretrained, LoadOptions, PosEmbResample};
+use vapt_vit::{load_pretrained, BackboneKind, LoadOptions, Pool, PosEmbResample};
 
 use device::{dispatch, DeviceSpec, Job};
 
@@ -120,25 +120,32 @@ struct WeightsArgs {
     /// Position-embedding resampling: `scipy-zoom` (official VPT/VAPT code) or `bilinear` (timm).
     #[arg(long, default_value = "scipy-zoom", value_parser = parse_resample)]
     resample: PosEmbResample,
+    /// Pre-training of the weights: `supervised`, `mae` or `moco-v3` [default: read off the file:
+    /// MoCo v3's `state_dict` of `module.` keys, MAE's `model` without a head]. It decides the
+    /// pooling (MAE: fc_norm of the mean over tokens after CLS).
+    #[arg(long, value_parser = parse_kind)]
+    backbone_kind: Option<BackboneKind>,
 }
 
 fn parse_resample(s: &str) -> Result<PosEmbResample, String> {
     s.parse()
 }
 
+pub(crate) fn parse_kind(s: &str) -> Result<BackboneKind, String> {
+    s.parse()
+}
+
 impl WeightsArgs {
     fn options(&self) -> Result<LoadOptions> {
-        Ok(LoadOptions::from_variant(
-            &self.variant,
-            self.image_size,
-            self.resample,
-        )?)
+        let mut opts = LoadOptions::from_variant(&self.variant, self.image_size, self.resample)?;
+        opts.kind = self.backbone_kind;
+        Ok(opts)
     }
 }
 
 #[derive(Args, Debug)]
 struct InspectArgs {
-    /// The weights file (.npz or .safetensors).
+    /// The weights file: Google .npz, timm / vapt .safetensors, PyTorch .pth / .pth.tar.
     weights: PathBuf,
     #[command(flatten)]
     load: WeightsArgs,
@@ -146,7 +153,7 @@ struct InspectArgs {
 
 #[derive(Args, Debug)]
 struct ConvertArgs {
-    /// Input checkpoint (.npz or .safetensors).
+    /// Input checkpoint: Google .npz, timm / vapt .safetensors, PyTorch .pth / .pth.tar.
     input: PathBuf,
     /// Output file (.safetensors, native layout). An existing file is never overwritten.
     output: PathBuf,
@@ -162,9 +169,12 @@ impl Job for Inspect {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let Inspect(args, spec) = self;
         let opts = args.load.options()?;
+        let loading = Instant::now();
         let (model, pre) = load_pretrained::<B::InnerBackend>(&args.weights, &opts, &device)?;
+        let load_s = loading.elapsed().as_secs_f64();
         let cfg = &model.config;
         println!("file:         {}", args.weights.display());
+        println!("loaded:       in {load_s:.2} s (read, check, convert, SHA-256, on {spec})");
         println!("layout:       {}", pre.source);
         println!("sha256:       {}", pre.sha256.as_deref().unwrap_or("?"));
         println!("architecture: {}", cfg.display_name());
@@ -186,6 +196,15 @@ impl Job for Inspect {
             "input recipe: {} px, mean {:?}, std {:?}",
             pre.input_size, pre.mean, pre.std
         );
+        let pooling = match cfg.pool() {
+            Pool::Cls => "final LayerNorm of the CLS token",
+            Pool::Mean => "fc_norm of the mean over the tokens after CLS",
+        };
+        println!("kind:         {} (head input: {pooling})", cfg.kind);
+        match pre.ignored.len() {
+            0 => println!("ignored:      nothing"),
+            n => println!("ignored:      {n} entries: {}", preview(&pre.ignored, 8)),
+        }
         let images = Tensor::<B::InnerBackend, 4>::zeros(
             [1, cfg.in_channels, cfg.image_size, cfg.image_size],
             &device,
@@ -203,10 +222,19 @@ impl Job for Inspect {
             .and_then(|v| v.first().copied())
             .unwrap_or(f32::NAN);
         println!(
-            "forward:      ok on {spec} in {:.3} s (CLS feature norm of a black image: {norm:.4})",
+            "forward:      ok on {spec} in {:.3} s (head-input feature norm of a black image: {norm:.4})",
             start.elapsed().as_secs_f64()
         );
         Ok(())
+    }
+}
+
+/// The first `n` of `items`, and how many more there are.
+fn preview(items: &[String], n: usize) -> String {
+    let shown = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    match items.len().saturating_sub(n) {
+        0 => shown,
+        more => format!("{shown}, … ({more} more)"),
     }
 }
 

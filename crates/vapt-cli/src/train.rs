@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Input side in pixels [default: the checkpoint's].
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Pre-training of the weights: `supervised`, `mae` or `moco-v3` [default: read off the
+    /// file]; for a random backbone, its kind.
+    #[arg(long, value_parser = crate::parse_kind)]
+    pub backbone_kind: Option<vapt_vit::BackboneKind>,
     #[command(flatten)]
     pub experts: ExpertArgs,
     /// Optimiser: `sgd` (the paper's) or `adamw` (for --method full) [default: sgd].
@@ -115,6 +119,9 @@ impl RunArgs {
         set!(c.backbone.variant, self.variant);
         if self.image_size.is_some() {
             c.backbone.image_size = self.image_size;
+        }
+        if self.backbone_kind.is_some() {
+            c.backbone.kind = self.backbone_kind;
         }
         self.experts.apply(&mut c.experts);
         set!(c.optim.optimizer, self.optimizer);

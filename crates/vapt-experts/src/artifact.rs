@@ -138,6 +138,7 @@ pub fn load_artifact<B: Backend>(
             c.depth,
             c.heads,
             c.mlp_dim,
+            c.kind,
         )
     };
     if shape(&header.backbone) != shape(&backbone.config) {

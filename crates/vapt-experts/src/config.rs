@@ -76,13 +76,38 @@ impl PromptConfig {
         }
     }
 
-    /// Rows of `prompt.deep_static`: L−1 for VPT-deep, vpt_depth−1 for VAPT, else 0.
+    /// Rows of `prompt.deep_static` that replace prompts (row j before block j+1): L−1 for
+    /// VPT-deep, vpt_depth−1 for VAPT, else 0.
     pub fn num_deep_static(&self, depth: usize) -> usize {
         match self.method {
             Method::VptDeep => depth - 1,
             Method::Vapt => self.vapt.vpt_depth - 1,
             _ => 0,
         }
+    }
+
+    /// Rows of `prompt.deep_static` the model holds: [`Self::num_deep_static`], except that the
+    /// authors' self-supervised VAPT classes (MAE, MoCo v3) allocate L−1 rows whenever
+    /// vpt_depth > 1 and use the first vpt_depth−1 (the rest train with a zero gradient and count
+    /// towards the parameters).
+    pub fn deep_static_rows(&self, vit: &VitConfig) -> usize {
+        let used = self.num_deep_static(vit.depth);
+        if vit.kind.self_supervised() && self.method == Method::Vapt && used > 0 {
+            vit.depth - 1
+        } else {
+            used
+        }
+    }
+
+    /// The VAPT knobs as the backbone's class reads them: the self-supervised classes ignore
+    /// `share_projector` and `feat_projector` (one projector MLP, always shared).
+    pub fn vapt_knobs(&self, vit: &VitConfig) -> VaptConfig {
+        let mut v = self.vapt.clone();
+        if vit.kind.self_supervised() {
+            v.share_projector = true;
+            v.feat_projector = true;
+        }
+        v
     }
 
     /// Checks the knobs against a backbone.
@@ -104,7 +129,7 @@ impl PromptConfig {
             )));
         }
         if self.method == Method::Vapt {
-            self.vapt.validate(vit)?;
+            self.vapt_knobs(vit).validate(vit)?;
         }
         Ok(())
     }
@@ -116,11 +141,11 @@ impl PromptConfig {
         let (np, d) = (self.num_prompts, vit.hidden);
         let mut v = Vec::new();
         if self.method.has_prompts() {
-            v.extend(static_prompts::shapes(np, self.num_deep_static(vit.depth), d));
+            v.extend(static_prompts::shapes(np, self.deep_static_rows(vit), d));
         }
         if self.method == Method::Vapt {
             v.extend(adaptive::shapes(
-                &self.vapt,
+                &self.vapt_knobs(vit),
                 np,
                 self.num_adaptive(vit.depth),
                 vit,
@@ -179,6 +204,30 @@ mod tests {
         );
         assert_eq!(count(&PromptConfig::new(Method::VptDeep, 4, 7), &vit), 768 + 343);
         assert_eq!(count(&PromptConfig::new(Method::Vapt, 5, 7), &vit), 3_858 + 343);
+    }
+
+    #[test]
+    fn self_supervised_backbones_follow_the_authors_ssl_classes() {
+        use vapt_vit::BackboneKind;
+        for kind in [BackboneKind::Mae, BackboneKind::MocoV3] {
+            let vit = VitConfig::vit_b16().with_kind(kind);
+            assert_eq!(count(&PromptConfig::new(Method::Vapt, 10, 0), &vit), 55_608);
+            assert_eq!(count(&PromptConfig::new(Method::VptDeep, 10, 0), &vit), 92_160);
+            // vpt_depth 2: L - 1 = 11 static rows (one used), against 1 on the supervised ViT.
+            let mut c = PromptConfig::new(Method::Vapt, 10, 0);
+            c.vapt.vpt_depth = 2;
+            assert_eq!(count(&c, &vit), 7_680 + 11 * 7_680 + 10 * 3_240 + 12_288);
+            assert_eq!(
+                count(&c, &VitConfig::vit_b16()),
+                7_680 + 7_680 + 10 * 3_240 + 12_288
+            );
+            // share_projector and feat_projector are ignored: one shared MLP.
+            c.vapt.share_projector = false;
+            c.vapt.feat_projector = false;
+            let names: Vec<String> = c.expert_shapes(&vit).into_iter().map(|(n, _)| n).collect();
+            assert!(names.contains(&"vapt.mlp.fc1.weight".to_string()), "{names:?}");
+            assert!(!names.iter().any(|n| n.starts_with("vapt.0.mlp")), "{names:?}");
+        }
     }
 
     #[test]

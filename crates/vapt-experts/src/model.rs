@@ -58,14 +58,21 @@ impl<B: Backend> PromptedVit<B> {
         let prompt = config.method.has_prompts().then(|| {
             StaticPrompts::new(
                 np,
-                config.num_deep_static(depth),
+                config.deep_static_rows(&vit),
                 config.prompt_dropout,
                 &vit,
                 device,
             )
         });
-        let vapt = (config.method == Method::Vapt)
-            .then(|| AdaptivePrompts::new(&config.vapt, np, config.num_adaptive(depth), &vit, device));
+        let vapt = (config.method == Method::Vapt).then(|| {
+            AdaptivePrompts::new(
+                &config.vapt_knobs(&vit),
+                np,
+                config.num_adaptive(depth),
+                &vit,
+                device,
+            )
+        });
         let head = Head::new(config.num_classes, vit.hidden, device);
         Ok(Self {
             backbone,
@@ -118,15 +125,20 @@ impl<B: Backend> PromptedVit<B> {
                 let (y, probs) = block.forward_with_attention(x);
                 rec.attention_probs(probs);
                 y
-            } else if i == last {
+            } else if i == last && self.backbone.reads_cls_only() {
                 // Only CLS reaches the head: the last block computes that row alone.
                 block.forward_cls(x)
             } else {
                 block.forward(x)
             };
         }
-        let features = self.backbone.forward_features(x);
-        rec.tensor("out.cls_feature", || features.clone());
+        let (pooled, features) = self.backbone.pool(x);
+        if self.backbone.reads_cls_only() {
+            rec.tensor("out.cls_feature", || features.clone());
+        } else {
+            rec.tensor("out.pool_mean", || pooled);
+            rec.tensor("out.pooled_feature", || features.clone());
+        }
         features
     }
 

@@ -1,7 +1,7 @@
 //! Numeric parity against fixtures produced by the authors' code (`tests/fixtures/parity`).
 //!
-//! A fixture folder holds `config.json` (sizes, knobs, tolerance rule), `backbone.npz` (Google
-//! layout), `params.safetensors` (every trainable tensor, SPEC §3.4 names) and `io.safetensors`
+//! A fixture folder holds `config.json` (sizes, knobs, tolerance rule), the backbone
+//! (`backbone.npz` in Google's layout, or the PyTorch checkpoint its `backbone_file` names), `params.safetensors` (every trainable tensor, SPEC §3.4 names) and `io.safetensors`
 //! (input, labels, expected `out.*` and `grad.*`). [`run_parity`] builds the model the config
 //! describes — any configuration the format can express — runs the forward in eval mode (every
 //! dropout off), the backward of the mean cross-entropy, and compares every stored tensor with
@@ -45,6 +45,8 @@ pub struct Fixture {
     pub prompt: PromptConfig,
     /// Tolerance rules, first match wins.
     pub tolerances: Vec<ToleranceRule>,
+    /// The backbone file (`config.json: backbone_file`, default `backbone.npz`).
+    pub backbone_file: PathBuf,
 }
 
 fn field<'a>(cfg: &'a Value, path: &Path, key: &str) -> Result<&'a Value, TrainError> {
@@ -93,6 +95,17 @@ impl Fixture {
         if let Some(eps) = opt(&cfg, "backbone_layernorm_eps").and_then(Value::as_f64) {
             vit.layer_norm_eps = eps;
         }
+        if let Some(kind) = opt(&cfg, "backbone").and_then(Value::as_str) {
+            vit.kind = kind.parse().map_err(|message| TrainError::Config {
+                path: path.clone(),
+                message: format!("field `backbone`: {message}"),
+            })?;
+        }
+        let backbone_file = dir.join(
+            opt(&cfg, "backbone_file")
+                .and_then(Value::as_str)
+                .unwrap_or("backbone.npz"),
+        );
         let method_name = field(&cfg, &path, "method")?.as_str().unwrap_or_default();
         let method: Method =
             method_name
@@ -172,6 +185,7 @@ impl Fixture {
             vit,
             prompt,
             tolerances,
+            backbone_file,
         })
     }
 
@@ -244,7 +258,17 @@ pub fn run_parity<B: AutodiffBackend>(dir: &Path, device: &B::Device) -> Result<
         arch: Some(fx.vit.clone()),
         ..Default::default()
     };
-    let (backbone, _) = load_pretrained::<B>(&dir.join("backbone.npz"), &opts, device)?;
+    // The kind is read off the file, as for any user's checkpoint, and checked against the fixture.
+    let (backbone, _) = load_pretrained::<B>(&fx.backbone_file, &opts, device)?;
+    if backbone.config.kind != fx.vit.kind {
+        return Err(TrainError::Config {
+            path: fx.backbone_file.clone(),
+            message: format!(
+                "reads as a {} backbone, but config.json says {}",
+                backbone.config.kind, fx.vit.kind
+            ),
+        });
+    }
     let model =
         PromptedVit::new(backbone, fx.prompt.clone(), device).map_err(|source| TrainError::Config {
             path: dir.join("config.json"),

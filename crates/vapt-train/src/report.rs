@@ -1,11 +1,14 @@
-//! The paper-layout table over tasks: one row per method, one column per task (VTAB order, then
-//! FGVC and others), the Natural / Specialized / Structured group means, the VTAB mean over the
-//! tasks present, and the tuned % of parameters. Markdown and CSV.
+//! The paper-layout table over tasks: one row per backbone and method, one column per task (VTAB
+//! order, then FGVC and others), the Natural / Specialized / Structured group means, the VTAB mean
+//! over the tasks present, and the tuned % of parameters; and, when there are several backbones
+//! or a self-supervised one, the paper's Table 2 block (group means per backbone × method).
+//! Markdown and CSV.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vapt_data::vtab::{Group, TASKS};
+use vapt_vit::BackboneKind;
 
 use crate::error::TrainError;
 use crate::sweep::{Summary, SUMMARY_FILE};
@@ -59,8 +62,8 @@ pub type Row = (BTreeMap<String, (f64, f64)>, Option<f64>);
 pub struct Table {
     /// Task columns, in VTAB order then alphabetical.
     pub tasks: Vec<String>,
-    /// Per method: task → (mean, std), and the tuned % of parameters.
-    pub rows: BTreeMap<String, Row>,
+    /// Per (backbone, method): task → (mean, std), and the tuned % of parameters.
+    pub rows: BTreeMap<(BackboneKind, String), Row>,
 }
 
 fn order(task: &str) -> (usize, String) {
@@ -75,13 +78,13 @@ fn group_of(task: &str) -> Option<Group> {
 impl Table {
     /// Builds the table from finished sweeps (pending ones are left out).
     pub fn new(summaries: &[Summary]) -> Self {
-        let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+        let mut rows: BTreeMap<(BackboneKind, String), Row> = BTreeMap::new();
         let mut tasks = Vec::new();
         for s in summaries {
             let (Some(m), Some(sd)) = (s.mean, s.std) else {
                 continue;
             };
-            let row = rows.entry(s.method.clone()).or_default();
+            let row = rows.entry((s.backbone, s.method.clone())).or_default();
             row.0.insert(s.task.clone(), (m, sd));
             if let (Some(t), Some(total)) = (s.trainable_params, s.total_params) {
                 let backbone = total.saturating_sub(t).max(1);
@@ -118,20 +121,25 @@ impl Table {
         ]
     }
 
-    /// Markdown, cells `mean ± std`.
+    /// Whether the table needs the per-backbone block: several backbones, or a self-supervised one.
+    fn by_backbone(&self) -> bool {
+        let mut kinds = self.rows.keys().map(|(k, _)| *k);
+        let first = kinds.next();
+        first.is_some_and(|f| f.self_supervised() || kinds.any(|k| k != f))
+    }
+
+    /// Markdown, cells `mean ± std`; then the Table 2 block when [`Self::by_backbone`].
     pub fn markdown(&self) -> String {
-        let mut out = String::from("| Method | Tuned % |");
+        let mut out = String::from("| Backbone | Method | Tuned % |");
         for t in &self.tasks {
             out.push_str(&format!(" {t} |"));
         }
-        out.push_str(" Natural | Specialized | Structured | VTAB mean |\n|---|---|");
+        out.push_str(" Natural | Specialized | Structured | VTAB mean |\n|---|---|---|");
         out.push_str(&"---|".repeat(self.tasks.len() + 4));
         out.push('\n');
-        for (method, (cells, pct)) in &self.rows {
-            out.push_str(&format!(
-                "| {method} | {} |",
-                pct.map(|p| format!("{p:.2}")).unwrap_or_else(|| "—".into())
-            ));
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+        for ((backbone, method), (cells, pct)) in &self.rows {
+            out.push_str(&format!("| {backbone} | {method} | {} |", fmt(*pct)));
             for t in &self.tasks {
                 match cells.get(t) {
                     Some((m, s)) => out.push_str(&format!(" {m:.2} ± {s:.2} |")),
@@ -139,26 +147,37 @@ impl Table {
                 }
             }
             for (_, v) in self.group_means(cells) {
-                out.push_str(&format!(
-                    " {} |",
-                    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
-                ));
+                out.push_str(&format!(" {} |", fmt(v)));
             }
             out.push('\n');
+        }
+        if self.by_backbone() {
+            out.push_str(
+                "\nBy backbone (the paper's Table 2 layout: group means over the tasks present)\n\n\
+                 | Backbone | Method | Natural | Specialized | Structured | VTAB mean |\n\
+                 |---|---|---|---|---|---|\n",
+            );
+            for ((backbone, method), (cells, _)) in &self.rows {
+                out.push_str(&format!("| {backbone} | {method} |"));
+                for (_, v) in self.group_means(cells) {
+                    out.push_str(&format!(" {} |", fmt(v)));
+                }
+                out.push('\n');
+            }
         }
         out
     }
 
-    /// CSV: one line per method, `<task>_mean,<task>_std` pairs, then the group means.
+    /// CSV: one line per backbone and method, `<task>_mean,<task>_std` pairs, then the group means.
     pub fn csv(&self) -> String {
-        let mut out = String::from("method,tuned_percent");
+        let mut out = String::from("backbone,method,tuned_percent");
         for t in &self.tasks {
             out.push_str(&format!(",{t}_mean,{t}_std"));
         }
         out.push_str(",natural,specialized,structured,vtab_mean\n");
-        for (method, (cells, pct)) in &self.rows {
+        for ((backbone, method), (cells, pct)) in &self.rows {
             out.push_str(&format!(
-                "{method},{}",
+                "{backbone},{method},{}",
                 pct.map(|p| p.to_string()).unwrap_or_default()
             ));
             for t in &self.tasks {
@@ -192,6 +211,7 @@ mod tests {
             std: Some(0.5),
             trainable_params: Some(10),
             total_params: Some(1010),
+            backbone: BackboneKind::Supervised,
         }
     }
 
@@ -206,7 +226,38 @@ mod tests {
         assert_eq!(t.tasks, ["cifar", "dtd", "eurosat", "kitti"], "VTAB order");
         let md = t.markdown();
         // Natural (80+60)/2 = 70, Specialized 90, Structured 70, mean of 4 tasks = 75.
-        assert!(md.contains("| vapt | 1.00 | 80.00 ± 0.50 | 60.00 ± 0.50 | 90.00 ± 0.50 | 70.00 ± 0.50 | 70.00 | 90.00 | 70.00 | 75.00 |"), "{md}");
-        assert!(t.csv().starts_with("method,tuned_percent,cifar_mean,cifar_std"));
+        assert!(md.contains("| supervised | vapt | 1.00 | 80.00 ± 0.50 | 60.00 ± 0.50 | 90.00 ± 0.50 | 70.00 ± 0.50 | 70.00 | 90.00 | 70.00 | 75.00 |"), "{md}");
+        assert!(
+            !md.contains("Table 2"),
+            "one supervised backbone: no per-backbone block"
+        );
+        assert!(t
+            .csv()
+            .starts_with("backbone,method,tuned_percent,cifar_mean,cifar_std"));
+    }
+
+    #[test]
+    fn several_backbones_give_the_table_2_block() {
+        let mae = |task: &str, method: &str, mean: f64| Summary {
+            backbone: BackboneKind::Mae,
+            ..s(task, method, mean)
+        };
+        let t = Table::new(&[
+            s("cifar", "vapt", 80.0),
+            mae("cifar", "vapt", 60.0),
+            mae("eurosat", "vapt", 70.0),
+            mae("cifar", "vpt-deep", 40.0),
+        ]);
+        let md = t.markdown();
+        assert!(md.contains("Table 2"), "{md}");
+        assert!(md.contains("| mae | vapt | 60.00 | 70.00 | — | 65.00 |"), "{md}");
+        assert!(md.contains("| mae | vpt-deep | 40.00 | — | — | 40.00 |"), "{md}");
+        assert!(
+            md.contains("| supervised | vapt | 80.00 | — | — | 80.00 |"),
+            "{md}"
+        );
+        let csv = t.csv();
+        assert!(csv.contains("\nmae,vapt,"), "{csv}");
+        assert_eq!(csv.lines().count(), 4, "a header and three rows: {csv}");
     }
 }

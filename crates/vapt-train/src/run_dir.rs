@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use vapt_vit::BackboneKind;
+
 use crate::config::TrainConfig;
 use crate::error::TrainError;
 use crate::files::{read_json, write_atomic, write_json};
@@ -107,6 +109,9 @@ pub struct RunResult {
     pub data_manifest_sha256: Option<String>,
     /// The prompt artifact (relative to the run folder).
     pub artifact: Option<String>,
+    /// The backbone's pre-training kind (read off the weights).
+    #[serde(default)]
+    pub backbone_kind: BackboneKind,
 }
 
 /// How a call to [`crate::train`] ended.

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use vapt_vit::BackboneKind;
+
 use crate::config::{DataFormat, TrainConfig};
 use crate::error::TrainError;
 use crate::files::{read_json, write_json};
@@ -51,7 +53,10 @@ pub struct SweepSpec {
 }
 
 impl SweepSpec {
-    /// The paper's grid and seeds for `base`'s data format.
+    /// The paper's grid and seeds for `base`'s data format. The authors' tuning scripts use one
+    /// grid per data family (SPEC §7.2–7.3) for every backbone kind (supervised, MAE, MoCo v3) and
+    /// every method, so neither changes it; the backbone kind travels in `base` into every run and
+    /// the summary.
     pub fn paper(base: TrainConfig) -> Self {
         let lrs = match base.data.format {
             DataFormat::Vtab | DataFormat::Folder => VTAB_LRS.to_vec(),
@@ -169,6 +174,9 @@ pub struct Summary {
     pub trainable_params: Option<usize>,
     /// All parameters of a final run.
     pub total_params: Option<usize>,
+    /// The backbone's pre-training kind (from the finished runs).
+    #[serde(default)]
+    pub backbone: BackboneKind,
 }
 
 fn cell(out: &Path, lr: f64, wd: f64) -> Result<Cell, TrainError> {
@@ -252,10 +260,13 @@ pub fn summarize(spec: &SweepSpec, out: &Path) -> Result<Summary, TrainError> {
     let chosen = if complete { choose(&cells) } else { None };
     let mut finals = Vec::new();
     let mut params = (None, None);
+    // The kind the runs read off the weights (the configuration's, until one has finished).
+    let mut backbone = spec.base.backbone.kind.unwrap_or_default();
     for &seed in &spec.seeds {
         let r = read_result(&final_dir(out, seed))?;
         if let Some(r) = &r {
             params = (Some(r.trainable_params), Some(r.total_params));
+            backbone = r.backbone_kind;
         }
         finals.push(r.map(|r| r.eval_top1));
     }
@@ -278,6 +289,7 @@ pub fn summarize(spec: &SweepSpec, out: &Path) -> Result<Summary, TrainError> {
         std,
         trainable_params: params.0,
         total_params: params.1,
+        backbone,
     })
 }
 

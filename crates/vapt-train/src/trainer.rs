@@ -19,7 +19,7 @@ use burn::tensor::ElementConversion;
 use vapt_data::loader::epoch_seed;
 use vapt_data::{ImageSet, Loader, Task};
 use vapt_experts::{save_artifact, Method, PromptedVit};
-use vapt_vit::PretrainedCfg;
+use vapt_vit::{BackboneKind, PretrainedCfg};
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{OptimizerKind, TrainConfig};
@@ -47,7 +47,7 @@ pub fn train<B: AutodiffBackend>(
     run_dir::prepare(cfg, opts)?;
     B::seed(device, cfg.seed);
     let (backbone, pre) = cfg.backbone.load::<B>(device)?;
-    let size = backbone.config.image_size;
+    let (size, kind) = (backbone.config.image_size, backbone.config.kind);
     let mut prompt = cfg.experts.clone();
     prompt.num_classes = train_split.num_classes;
     let model = checkpoint::renumber_params(PromptedVit::new(backbone, prompt, device)?);
@@ -66,6 +66,7 @@ pub fn train<B: AutodiffBackend>(
         opts,
         device,
         pre,
+        kind,
         data_sha: task.manifest_sha256(),
         monitor,
         history: Vec::new(),
@@ -90,6 +91,7 @@ struct Run<'a, B: AutodiffBackend> {
     opts: &'a RunOptions,
     device: &'a B::Device,
     pre: PretrainedCfg,
+    kind: BackboneKind,
     data_sha: Option<String>,
     monitor: &'a mut dyn Monitor,
     history: Vec<EpochRow>,
@@ -364,6 +366,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             weights_sha256: self.pre.sha256.clone(),
             data_manifest_sha256: self.data_sha.clone(),
             artifact,
+            backbone_kind: self.kind,
         }
     }
 }

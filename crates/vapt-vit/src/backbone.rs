@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::config::BackboneKind;
 use crate::model::Vit;
 use crate::pretrained::PretrainedCfg;
 use crate::weights::{load_pretrained, LoadError, LoadOptions, PosEmbResample};
@@ -25,6 +26,10 @@ pub struct BackboneConfig {
     pub image_size: Option<usize>,
     /// Position-embedding resampling when the grid changes: `scipy-zoom` or `bilinear`.
     pub resample: String,
+    /// The pre-training kind (`supervised`, `mae`, `moco-v3`): read off the weights file when
+    /// absent; sets the kind of a random backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BackboneKind>,
 }
 
 impl Default for BackboneConfig {
@@ -34,6 +39,7 @@ impl Default for BackboneConfig {
             variant: "auto".into(),
             image_size: None,
             resample: "scipy-zoom".into(),
+            kind: None,
         }
     }
 }
@@ -46,7 +52,8 @@ impl BackboneConfig {
             key: "backbone.resample".into(),
             message,
         })?;
-        let opts = LoadOptions::from_variant(&self.variant, self.image_size, resample)?;
+        let mut opts = LoadOptions::from_variant(&self.variant, self.image_size, resample)?;
+        opts.kind = self.kind;
         match &self.weights {
             Some(path) => load_pretrained::<B>(path, &opts, device),
             None => {
@@ -54,6 +61,7 @@ impl BackboneConfig {
                     key: "backbone".into(),
                     message: "a random backbone needs an explicit variant".into(),
                 })?;
+                let vit = vit.with_kind(self.kind.unwrap_or_default());
                 vit.validate()?;
                 let pre = PretrainedCfg {
                     input_size: vit.image_size,

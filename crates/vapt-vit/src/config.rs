@@ -75,6 +75,79 @@ pub fn standard_heads(hidden: usize) -> Option<usize> {
     }
 }
 
+/// Which pre-training a backbone comes from. It decides what the authors' code decides for it: the
+/// feature the head reads ([`Pool`]) and, for the experts, the rules of the self-supervised
+/// variants (one shared projector, the static deep-prompt allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// Supervised (ImageNet-21k, timm, vapt's own): final-norm CLS token.
+    #[default]
+    Supervised,
+    /// MAE (`mae_pretrain_vit_base.pth`): `fc_norm` of the mean over every token after CLS.
+    Mae,
+    /// MoCo v3 (`linear-vit-b-300ep.pth.tar`): final-norm CLS token.
+    MocoV3,
+}
+
+/// The feature the head reads from the last block's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// The final LayerNorm (`norm`) of the CLS token.
+    Cls,
+    /// `fc_norm` of the mean over tokens 1.. (prompts and patches; not CLS).
+    Mean,
+}
+
+impl BackboneKind {
+    /// Every kind, as named on the command line.
+    pub const ALL: [BackboneKind; 3] = [Self::Supervised, Self::Mae, Self::MocoV3];
+
+    /// `supervised`, `mae`, `moco-v3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Supervised => "supervised",
+            Self::Mae => "mae",
+            Self::MocoV3 => "moco-v3",
+        }
+    }
+
+    /// The feature the head reads.
+    pub fn pool(self) -> Pool {
+        match self {
+            Self::Mae => Pool::Mean,
+            Self::Supervised | Self::MocoV3 => Pool::Cls,
+        }
+    }
+
+    /// Whether the authors' self-supervised prompted classes apply (MAE, MoCo v3).
+    pub fn self_supervised(self) -> bool {
+        self != Self::Supervised
+    }
+}
+
+impl std::fmt::Display for BackboneKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackboneKind {
+    type Err = String;
+
+    /// `supervised` (`sup`), `mae`, `moco-v3` (`moco`, `mocov3`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "supervised" | "sup" => Ok(Self::Supervised),
+            "mae" => Ok(Self::Mae),
+            "moco-v3" | "moco" | "mocov3" => Ok(Self::MocoV3),
+            _ => Err(format!(
+                "unknown backbone kind `{s}`: expected supervised, mae or moco-v3"
+            )),
+        }
+    }
+}
+
 /// Error from parsing a variant name such as `B/16`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VariantError {
@@ -116,6 +189,9 @@ pub struct VitConfig {
     pub attention_dropout: f64,
     /// Classes of the built-in head; `None` builds the backbone without a head.
     pub num_classes: Option<usize>,
+    /// The pre-training it comes from (decides the pooling).
+    #[serde(default)]
+    pub kind: BackboneKind,
 }
 
 impl VitConfig {
@@ -133,6 +209,7 @@ impl VitConfig {
             dropout: 0.1,
             attention_dropout: 0.0,
             num_classes: None,
+            kind: BackboneKind::Supervised,
         }
     }
 
@@ -194,6 +271,17 @@ impl VitConfig {
     pub fn with_num_classes(mut self, num_classes: Option<usize>) -> Self {
         self.num_classes = num_classes;
         self
+    }
+
+    /// Sets the pre-training kind (and with it the pooling).
+    pub fn with_kind(mut self, kind: BackboneKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The feature the head reads.
+    pub fn pool(&self) -> Pool {
+        self.kind.pool()
     }
 
     /// Sets both dropout rates; prompt methods use 0 (the backbone behaves as in eval).
@@ -267,7 +355,10 @@ impl VitConfig {
                 self.hidden, self.depth, self.heads, self.mlp_dim, self.patch_size
             )
         });
-        format!("{name} @{}", self.image_size)
+        match self.kind {
+            BackboneKind::Supervised => format!("{name} @{}", self.image_size),
+            kind => format!("{name} @{} ({kind})", self.image_size),
+        }
     }
 }
 

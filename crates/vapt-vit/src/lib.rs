@@ -21,11 +21,12 @@ pub mod pretrained;
 pub mod weights;
 
 pub use backbone::BackboneConfig;
-pub use config::{standard_heads, Variant, VariantError, VitConfig, VARIANTS};
+pub use config::{standard_heads, BackboneKind, Pool, Variant, VariantError, VitConfig, VARIANTS};
 pub use model::{Attention, Block, Mlp, PatchEmbed, Vit};
 pub use pretrained::{PretrainedCfg, IMAGENET_MEAN, IMAGENET_STD};
 pub use vapt_kernels;
 pub use weights::named;
 pub use weights::{
-    load_pretrained, KeyMismatch, Layout, LoadError, LoadOptions, PosEmbResample, RawTensor, TensorMap,
+    load_pretrained, FileFormat, KeyMismatch, Layout, LoadError, LoadOptions, PosEmbResample, RawTensor,
+    TensorMap,
 };

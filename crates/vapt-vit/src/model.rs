@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use vapt_kernels::nn::{Dropout, LayerNorm, Linear};
 
-use crate::config::VitConfig;
+use crate::config::{Pool, VitConfig};
 
 /// Patch embedding: a p×p, stride-p convolution written as unfold + matmul.
 ///
@@ -184,8 +184,10 @@ pub struct Vit<B: Backend> {
     pub pos_drop: Dropout,
     /// The blocks, input side first.
     pub blocks: Vec<Block<B>>,
-    /// Final LayerNorm (`encoder_norm`).
-    pub norm: LayerNorm<B>,
+    /// Final LayerNorm of the CLS token (`encoder_norm`; CLS pooling).
+    pub norm: Option<LayerNorm<B>>,
+    /// LayerNorm of the mean over tokens 1.. (MAE's `fc_norm`; mean pooling).
+    pub fc_norm: Option<LayerNorm<B>>,
     /// Optional classifier head `D → C` (weight `[D, C]`).
     pub head: Option<Linear<B>>,
     /// The architecture this model was built with.
@@ -232,7 +234,8 @@ impl VitConfig {
             pos_embed: Param::from_tensor(Tensor::random([1, 1 + self.num_patches(), d], normal, device)),
             pos_drop: drop,
             blocks,
-            norm: norm(),
+            norm: (self.pool() == Pool::Cls).then(norm),
+            fc_norm: (self.pool() == Pool::Mean).then(norm),
             head: self.num_classes.map(|c| linear(d, c)),
             config: self.clone(),
         }
@@ -250,12 +253,32 @@ impl<B: Backend> Vit<B> {
         self.pos_drop.forward(x)
     }
 
-    /// Final LayerNorm over the sequence, then the CLS token: `[B, D]`.
+    /// The feature the head reads, `[B, D]`: the final LayerNorm of the CLS token, or (MAE)
+    /// `fc_norm` of the mean over every token after CLS.
     pub fn forward_features(&self, tokens: Tensor<B, 3>) -> Tensor<B, 2> {
-        let [b, _, d] = tokens.dims();
+        self.pool(tokens).1
+    }
+
+    /// The pooled tokens before their LayerNorm (the CLS row, or the mean over tokens 1..) and the
+    /// feature after it, both `[B, D]`.
+    pub fn pool(&self, tokens: Tensor<B, 3>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [b, t, d] = tokens.dims();
         // LayerNorm acts token by token, so normalising CLS alone equals normalising the sequence.
-        let cls = tokens.slice([0..b, 0..1, 0..d]);
-        self.norm.forward(cls).reshape([b, d])
+        let (pooled, norm) = match (&self.norm, &self.fc_norm) {
+            (Some(norm), _) => (tokens.narrow(1, 0, 1), norm),
+            (None, Some(fc_norm)) => (tokens.narrow(1, 1, t - 1).mean_dim(1), fc_norm),
+            (None, None) => unreachable!("a backbone has `norm` or `fc_norm` (VitConfig::init)"),
+        };
+        (
+            pooled.clone().reshape([b, d]),
+            norm.forward(pooled).reshape([b, d]),
+        )
+    }
+
+    /// Whether the head reads only the CLS token, so that the last block may compute that row
+    /// alone ([`Block::forward_cls`]).
+    pub fn reads_cls_only(&self) -> bool {
+        self.config.pool() == Pool::Cls
     }
 
     /// [`Self::forward_features`] followed by the built-in head, if any (else the features).
@@ -272,8 +295,8 @@ impl<B: Backend> Vit<B> {
         let mut x = self.embed(images);
         let last = self.blocks.len().saturating_sub(1);
         for (i, block) in self.blocks.iter().enumerate() {
-            // Only CLS reaches the head: the last block computes that row alone.
-            x = if i == last {
+            // When only CLS reaches the head, the last block computes that row alone.
+            x = if i == last && self.reads_cls_only() {
                 block.forward_cls(x)
             } else {
                 block.forward(x)

@@ -32,6 +32,10 @@ pub struct PretrainedCfg {
     pub std: [f32; 3],
     /// Resize interpolation the recipe uses.
     pub interpolation: String,
+    /// Entries of the weights file that were not loaded (pre-training heads, MAE's final norm, a
+    /// checkpoint's optimizer state, a momentum encoder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 impl Default for PretrainedCfg {
@@ -46,6 +50,7 @@ impl Default for PretrainedCfg {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             interpolation: "bilinear".into(),
+            ignored: Vec::new(),
         }
     }
 }

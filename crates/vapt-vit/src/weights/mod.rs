@@ -18,6 +18,7 @@ pub mod named;
 pub mod native;
 pub mod npz;
 pub mod posemb;
+pub mod pth;
 pub mod rename;
 mod safetensors_io;
 mod tensor;
@@ -28,7 +29,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use sha2::{Digest, Sha256};
 
-use crate::config::VitConfig;
+use crate::config::{BackboneKind, VitConfig};
 use crate::model::Vit;
 use crate::pretrained::PretrainedCfg;
 pub use error::{KeyMismatch, LoadError, ShapeMismatch};
@@ -88,12 +89,31 @@ impl Layout {
         }
     }
 
-    /// File keys this layout may hold but vapt never loads (pre-training heads).
-    pub fn ignored(self, key: &str) -> bool {
+    /// File keys this layout may hold but vapt never loads for a backbone of `kind`
+    /// (pre-training heads; MAE's final norm): listed, not fatal.
+    pub fn ignored(self, key: &str, kind: BackboneKind) -> bool {
         match self {
             Layout::Google => google::ignored(key),
-            Layout::Timm => timm::ignored(key),
+            Layout::Timm => timm::ignored(key, kind),
             Layout::Native => false,
+        }
+    }
+
+    /// The pre-training a file of this layout comes from, as its authors' loaders tell it apart:
+    /// MoCo v3 saves a `state_dict` of DistributedDataParallel (`module.`) keys, MAE's released
+    /// encoder is a `model` dict without a head; vapt's native files record it; the rest is
+    /// supervised.
+    pub fn kind(self, map: &TensorMap) -> BackboneKind {
+        let meta = |k: &str| map.metadata.get(k).map(String::as_str).unwrap_or_default();
+        let has = |prefix: &str| map.tensors.keys().any(|k| k.starts_with(prefix));
+        match self {
+            Layout::Native => native::infer(map).map(|c| c.kind).unwrap_or_default(),
+            Layout::Google => BackboneKind::Supervised,
+            Layout::Timm => match (meta(pth::META_CONTAINER), meta(pth::META_PREFIX)) {
+                ("state_dict", prefix) if prefix.starts_with("module.") => BackboneKind::MocoV3,
+                ("model", _) if !has("head.") && !has("fc_norm.") => BackboneKind::Mae,
+                _ => BackboneKind::Supervised,
+            },
         }
     }
 
@@ -124,6 +144,9 @@ pub struct LoadOptions {
     pub image_size: Option<usize>,
     /// Resampling convention for the position embedding.
     pub resample: PosEmbResample,
+    /// The pre-training kind, when the file cannot be trusted to tell (`None`: read it off the
+    /// file, see [`Layout::kind`]).
+    pub kind: Option<BackboneKind>,
 }
 
 impl LoadOptions {
@@ -147,24 +170,73 @@ impl LoadOptions {
             arch,
             image_size,
             resample,
+            kind: None,
         })
     }
 }
 
-/// Reads a weights file into a [`TensorMap`], choosing the reader by content (zip → npz,
-/// otherwise safetensors). Also returns the file's SHA-256 (hex).
+/// The container of a weights file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// NumPy `.npz` (a zip of `.npy` arrays).
+    Npz,
+    /// safetensors.
+    Safetensors,
+    /// A PyTorch checkpoint (`torch.save`: zip, legacy, tar or plain pickle).
+    Pytorch,
+}
+
+impl FileFormat {
+    /// Tells the container from the file's bytes (anything unrecognised is left to the
+    /// safetensors reader, which says what is wrong).
+    pub fn detect(bytes: &[u8]) -> Self {
+        // safetensors: an 8-byte little-endian header length, then the JSON header.
+        let header = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+        let safetensors =
+            bytes.get(8) == Some(&b'{') && header.is_some_and(|h| h > 0 && h <= bytes.len() as u64 - 8);
+        if safetensors {
+            FileFormat::Safetensors
+        } else if pth::is_pth(bytes) {
+            FileFormat::Pytorch
+        } else if bytes.starts_with(b"PK") {
+            FileFormat::Npz
+        } else {
+            FileFormat::Safetensors
+        }
+    }
+
+    /// `npz`, `safetensors`, `pytorch checkpoint`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FileFormat::Npz => "npz",
+            FileFormat::Safetensors => "safetensors",
+            FileFormat::Pytorch => "pytorch checkpoint",
+        }
+    }
+}
+
+/// Reads a weights file into a [`TensorMap`], choosing the reader by content (a PyTorch
+/// checkpoint, an npz, otherwise safetensors). Also returns the file's SHA-256 (hex).
 pub fn read_any(path: &Path) -> Result<(TensorMap, String), LoadError> {
+    read_file(path).map(|(map, sha, _)| (map, sha))
+}
+
+/// [`read_any`], also saying which container the file was.
+pub fn read_file(path: &Path) -> Result<(TensorMap, String, FileFormat), LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
         source,
     })?;
     let sha = hex_sha256(&bytes);
-    let map = if bytes.starts_with(b"PK") {
-        npz::parse_npz(path, &bytes)?
-    } else {
-        parse_safetensors(path, &bytes)?
+    let format = FileFormat::detect(&bytes);
+    let map = match format {
+        FileFormat::Pytorch => pth::parse_pth(path)?,
+        FileFormat::Npz => npz::parse_npz(path, &bytes)?,
+        FileFormat::Safetensors => parse_safetensors(path, &bytes)?,
     };
-    Ok((map, sha))
+    Ok((map, sha, format))
 }
 
 /// SHA-256 of a byte slice, lower-case hex.
@@ -187,7 +259,7 @@ pub fn to_native(
     let mut native = rename::convert(
         map,
         &table,
-        |k| layout.ignored(k),
+        |k| layout.ignored(k, arch.kind),
         layout.name(),
         &file_arch.display_name(),
     )?;
@@ -248,9 +320,10 @@ pub fn load_pretrained<B: Backend>(
     opts: &LoadOptions,
     device: &B::Device,
 ) -> Result<(Vit<B>, PretrainedCfg), LoadError> {
-    let (map, sha) = read_any(path)?;
+    let (map, sha, format) = read_file(path)?;
     let layout = Layout::detect(&map)?;
-    let inferred = infer_arch(&map, layout);
+    let kind = opts.kind.unwrap_or_else(|| layout.kind(&map));
+    let inferred = infer_arch(&map, layout).map(|c| c.with_kind(kind));
     let arch = match (&opts.arch, inferred) {
         (Some(req), Ok(found)) => {
             let same = (
@@ -273,9 +346,9 @@ pub fn load_pretrained<B: Backend>(
                     requested: req.display_name(),
                 });
             }
-            req.clone()
+            req.clone().with_kind(kind)
         }
-        (Some(req), Err(_)) => req.clone(),
+        (Some(req), Err(_)) => req.clone().with_kind(kind),
         (None, Ok(found)) => match opts.image_size {
             Some(size) => found.with_image_size(size),
             None => found,
@@ -284,7 +357,17 @@ pub fn load_pretrained<B: Backend>(
     };
     arch.validate()?;
     let mut pretrained = PretrainedCfg::from_metadata(&map.metadata).unwrap_or_default();
-    pretrained.source = layout.name().to_string();
+    pretrained.source = match (format, layout) {
+        (FileFormat::Pytorch, Layout::Timm) => "pytorch checkpoint (timm keys)".to_string(),
+        _ => layout.name().to_string(),
+    };
+    pretrained.ignored = map
+        .tensors
+        .keys()
+        .filter(|k| layout.ignored(k, kind))
+        .chain(&map.other_entries)
+        .cloned()
+        .collect();
     pretrained.file = Some(path.to_path_buf());
     pretrained.sha256 = Some(sha);
     pretrained.input_size = arch.image_size;

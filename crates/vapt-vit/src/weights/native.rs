@@ -16,7 +16,7 @@
 //! | `blocks.i.attn.{query,key,value,out}.bias` | (D) |
 //! | `blocks.i.mlp.fc1.weight`, `.bias` | (D, M), (M) |
 //! | `blocks.i.mlp.fc2.weight`, `.bias` | (M, D), (D) |
-//! | `norm.{weight,bias}` | (D) |
+//! | `norm.{weight,bias}` (CLS pooling) or `fc_norm.{weight,bias}` (MAE's mean pooling) | (D) |
 //! | `head.weight`, `head.bias` (only with a head) | (D, C), (C) |
 
 use std::path::Path;
@@ -26,7 +26,7 @@ use burn::tensor::backend::Backend;
 use super::named;
 use super::safetensors_io::write_safetensors;
 use super::{LoadError, TensorMap};
-use crate::config::VitConfig;
+use crate::config::{BackboneKind, Pool, VitConfig};
 use crate::model::Vit;
 use crate::pretrained::PretrainedCfg;
 
@@ -60,8 +60,12 @@ pub fn native_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
         push("mlp.fc2.weight", vec![m, d]);
         push("mlp.fc2.bias", vec![d]);
     }
-    v.push(("norm.weight".to_string(), vec![d]));
-    v.push(("norm.bias".to_string(), vec![d]));
+    let norm = match cfg.pool() {
+        Pool::Cls => "norm",
+        Pool::Mean => "fc_norm",
+    };
+    v.push((format!("{norm}.weight"), vec![d]));
+    v.push((format!("{norm}.bias"), vec![d]));
     if let Some(c) = cfg.num_classes {
         v.push(("head.weight".to_string(), vec![d, c]));
         v.push(("head.bias".to_string(), vec![c]));
@@ -129,7 +133,14 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
         ))
     })?;
     let grid = super::file_grid(map, super::Layout::Native)?;
-    Ok(VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p))
+    let kind = if map.tensors.contains_key("fc_norm.weight") {
+        BackboneKind::Mae
+    } else {
+        BackboneKind::Supervised
+    };
+    Ok(VitConfig::new(d, depth, heads, m, p)
+        .with_image_size(grid * p)
+        .with_kind(kind))
 }
 
 impl<B: Backend> Vit<B> {

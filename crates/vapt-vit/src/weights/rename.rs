@@ -7,7 +7,7 @@ use super::tensor::{RawTensor, TensorMap};
 use super::LoadError;
 
 /// How a native tensor is computed from the file tensor it comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Transform {
     /// The same values in the same shape.
     Same,
@@ -28,6 +28,9 @@ pub enum Transform {
     PatchHwio,
     /// A patch-embedding conv kernel stored OIHW `(D, C, p, p)` (PyTorch) as `[C·p·p, D]`.
     PatchOihw,
+    /// Not in the file: every element is this constant (MAE's `fc_norm`, which the released
+    /// pre-training checkpoint lacks and the authors' code leaves at its initial values).
+    Fill(f32),
 }
 
 impl Transform {
@@ -58,12 +61,13 @@ impl Transform {
                 let d = t.shape[0];
                 t.clone().reshaped(vec![d, t.numel() / d.max(1)]).transposed_2d()
             }
+            Transform::Fill(v) => RawTensor::new(native.to_vec(), vec![v; native.iter().product()]),
         }
     }
 }
 
 /// Where one native tensor comes from in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     /// The file's key.
     pub key: String,
@@ -82,10 +86,20 @@ impl Source {
             transform,
         }
     }
+
+    /// A tensor that is not in the file: `value` everywhere.
+    pub fn fill(value: f32) -> Self {
+        Self::new("", Vec::new(), Transform::Fill(value))
+    }
+
+    /// Whether the tensor is read from the file.
+    pub fn from_file(&self) -> bool {
+        !matches!(self.transform, Transform::Fill(_))
+    }
 }
 
 /// One row of a rename table: a native key and shape, and its source in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rename {
     /// Native key (`blocks.0.attn.query.weight`).
     pub native: String,
@@ -100,7 +114,7 @@ pub fn file_keys(table: &[Rename]) -> Vec<(String, Vec<usize>)> {
     let mut seen = std::collections::HashSet::new();
     table
         .iter()
-        .filter(|r| seen.insert(r.source.key.as_str()))
+        .filter(|r| r.source.from_file() && seen.insert(r.source.key.as_str()))
         .map(|r| (r.source.key.clone(), r.source.shape.clone()))
         .collect()
 }
@@ -116,12 +130,19 @@ pub fn convert(
 ) -> Result<TensorMap, LoadError> {
     map.check(&file_keys(table), ignored, layout, model)?;
     let mut uses: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for r in table {
+    for r in table.iter().filter(|r| r.source.from_file()) {
         *uses.entry(r.source.key.as_str()).or_default() += 1;
     }
     let mut out = TensorMap::new(map.source.clone());
     out.metadata = std::mem::take(&mut map.metadata);
     for r in table {
+        if !r.source.from_file() {
+            out.insert(
+                r.native.clone(),
+                r.source.transform.apply(&RawTensor::default(), &r.shape),
+            );
+            continue;
+        }
         let left = uses.get_mut(r.source.key.as_str()).map(|n| {
             *n -= 1;
             *n

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use super::error::{KeyMismatch, LoadError, ShapeMismatch};
 
 /// A dense float32 array in C (row-major) order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawTensor {
     /// Dimensions.
     pub shape: Vec<usize>,
@@ -90,8 +90,12 @@ pub struct TensorMap {
     pub source: PathBuf,
     /// Arrays by key.
     pub tensors: BTreeMap<String, RawTensor>,
-    /// String metadata (safetensors header `__metadata__`).
+    /// String metadata (safetensors header `__metadata__`; for PyTorch files, how the state dict
+    /// was found).
     pub metadata: BTreeMap<String, String>,
+    /// Entries of the file that are not weights (a checkpoint's optimizer state, a momentum
+    /// encoder): listed, never loaded.
+    pub other_entries: Vec<String>,
 }
 
 impl TensorMap {

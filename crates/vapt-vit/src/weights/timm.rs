@@ -10,16 +10,22 @@
 //! | `blocks.i.attn.qkv.bias` | (3D) | `….{query,key,value}.bias` | split in thirds |
 //! | `blocks.i.attn.proj.{weight,bias}` | (D, D) `(out, in)` | `blocks.i.attn.out.*` | transpose |
 //! | `blocks.i.mlp.fc{1,2}.{weight,bias}` | `(out, in)` | same | transpose |
-//! | `norm.{weight,bias}` | (D) | same | — |
-//! | `head.*`, `fc_norm.*` | | not loaded | |
+//! | `norm.{weight,bias}` | (D) | same | — (not loaded for MAE) |
+//! | `fc_norm.{weight,bias}` | (D) | same (mean pooling) | MAE's pre-training file has none: 1 and 0 |
+//! | `head.*` | | not loaded | |
 
 use super::rename::{Source, Transform};
 use super::{LoadError, TensorMap};
-use crate::config::VitConfig;
+use crate::config::{BackboneKind, VitConfig};
 
-/// Keys that may be present in timm checkpoints but are not loaded.
-pub fn ignored(key: &str) -> bool {
-    key.starts_with("head.") || key.starts_with("fc_norm.") || key.starts_with("head_drop")
+/// Keys that may be present in timm checkpoints (or the PyTorch checkpoints with timm keys) but
+/// are not loaded: heads, and for an MAE backbone the final `norm` its authors' model deletes
+/// (and MAE's decoder, in the full pre-training file).
+pub fn ignored(key: &str, kind: BackboneKind) -> bool {
+    let head = key.starts_with("head.") || key.starts_with("head_drop");
+    let mae = kind == BackboneKind::Mae
+        && (key.starts_with("norm.") || key.starts_with("decoder") || key == "mask_token");
+    head || mae || (kind != BackboneKind::Mae && key.starts_with("fc_norm."))
 }
 
 /// Where native tensor `key` (shape `shape`) comes from in a timm file (the table above).
@@ -59,6 +65,10 @@ pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
         )),
         "patch_embed.bias" => same("patch_embed.proj.bias".into()),
         "cls_token" | "pos_embed" | "norm.weight" | "norm.bias" => same(key.to_string()),
+        // MAE's pre-training file has no fc_norm: the authors' model keeps its initial values.
+        "fc_norm.weight" if cfg.kind == BackboneKind::Mae => Some(Source::fill(1.0)),
+        "fc_norm.bias" if cfg.kind == BackboneKind::Mae => Some(Source::fill(0.0)),
+        "fc_norm.weight" | "fc_norm.bias" => same(key.to_string()),
         _ => None,
     }
 }

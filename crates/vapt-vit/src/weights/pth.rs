@@ -1,0 +1,125 @@
+//! PyTorch checkpoints (`.pth`, `.pth.tar`): torch's zip container (≥ 1.6), the legacy format,
+//! tar and plain pickles, read with burn-store's reader.
+//!
+//! The state dict may sit at the top level or under `state_dict` (MoCo v3, most training scripts)
+//! or `model` (MAE, DeiT); DistributedDataParallel's `module.` prefix is stripped, and so is MoCo
+//! v3's `base_encoder.` (its momentum encoder and predictor are not the backbone). Every float
+//! type (f16, bf16, f64 too) becomes f32. Whatever else the file holds (optimizer state, epoch
+//! counters, momentum encoders) is listed in [`TensorMap::other_entries`], never loaded.
+//!
+//! How the file was laid out is kept in the metadata under [`META_CONTAINER`] and [`META_PREFIX`]:
+//! the backbone kind is read off them (MoCo v3's `state_dict` of `module.` keys, MAE's `model`
+//! without a head).
+
+use std::path::Path;
+
+use burn_store::pytorch::PytorchReader;
+
+use super::tensor::{RawTensor, TensorMap};
+use super::LoadError;
+
+/// Metadata key: the top-level entry holding the state dict (`state_dict`, `model`, or empty).
+pub const META_CONTAINER: &str = "torch.container";
+/// Metadata key: the key prefix stripped from the state dict (`module.`, `module.base_encoder.`).
+pub const META_PREFIX: &str = "torch.prefix";
+
+/// Top-level entries that hold a state dict, in the order they are looked for.
+const CONTAINERS: [&str; 2] = ["state_dict", "model"];
+/// Prefixes stripped from state-dict keys, outermost first: DistributedDataParallel's wrapper,
+/// then MoCo v3's encoder inside its pre-training model.
+const PREFIXES: [&str; 2] = ["module.", "base_encoder."];
+
+/// Whether `bytes` (a file's start) look like a PyTorch checkpoint rather than an npz or
+/// safetensors file: a zip holding a `data.pkl`, a pickle, or a tar archive.
+pub fn is_pth(bytes: &[u8]) -> bool {
+    // PROTO 2..=5 (torch writes 2; the legacy format starts with it too).
+    let pickle = bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|v| (2..=5).contains(v));
+    let tar = bytes.get(257..262) == Some(b"ustar".as_slice());
+    let zip_with_pickle = bytes.starts_with(b"PK")
+        && zip::ZipArchive::new(std::io::Cursor::new(bytes))
+            .map(|mut z| (0..z.len()).any(|i| z.by_index(i).is_ok_and(|e| e.name().ends_with("data.pkl"))))
+            .unwrap_or(false);
+    pickle || tar || zip_with_pickle
+}
+
+/// Reads the checkpoint at `path`. A file the reader cannot parse (not a checkpoint, truncated)
+/// is an error naming the file; a panic inside the reader (while parsing the pickle or reading a
+/// storage) is caught and reported the same way.
+pub fn parse_pth(path: &Path) -> Result<TensorMap, LoadError> {
+    std::panic::catch_unwind(|| read_state_dict(path)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(LoadError::Format {
+            path: path.to_path_buf(),
+            message: format!("not a readable PyTorch checkpoint (the reader failed: {why})"),
+        })
+    })
+}
+
+fn read_state_dict(path: &Path) -> Result<TensorMap, LoadError> {
+    let format = |message: String| LoadError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let reader =
+        PytorchReader::new(path).map_err(|e| format(format!("not a readable PyTorch checkpoint: {e}")))?;
+    let tensors = reader.into_tensors();
+    let keys: Vec<&String> = tensors.keys().collect();
+    let container = CONTAINERS
+        .iter()
+        .find(|c| keys.iter().any(|k| k.starts_with(&format!("{c}."))))
+        .map(|c| format!("{c}."))
+        .unwrap_or_default();
+    let in_dict: Vec<&String> = keys
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with(&container))
+        .collect();
+    let mut prefix = String::new();
+    for p in PREFIXES {
+        let candidate = format!("{prefix}{p}");
+        let under = |k: &&String| k[container.len()..].starts_with(&candidate);
+        // A prefix counts when it covers the backbone's keys (most of the dict).
+        if in_dict.iter().filter(|k| under(k)).count() * 2 > in_dict.len() {
+            prefix = candidate;
+        }
+    }
+    let mut map = TensorMap::new(path);
+    map.metadata
+        .insert(META_CONTAINER.into(), container.trim_end_matches('.').into());
+    map.metadata.insert(META_PREFIX.into(), prefix.clone());
+    let strip = format!("{container}{prefix}");
+    let mut sorted: Vec<(String, burn_store::TensorSnapshot)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, snapshot) in sorted {
+        let Some(name) = key.strip_prefix(&strip) else {
+            map.other_entries.push(key);
+            continue;
+        };
+        let data = snapshot
+            .to_data()
+            .map_err(|e| LoadError::Entry {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                message: format!("cannot read the tensor: {e:?}"),
+            })?
+            .convert::<f32>();
+        let shape = data.shape.to_vec();
+        let values = data.into_vec::<f32>().map_err(|e| LoadError::Entry {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            message: format!("not a float tensor: {e:?}"),
+        })?;
+        map.insert(name, RawTensor::new(shape, values));
+    }
+    if map.tensors.is_empty() {
+        return Err(format(format!(
+            "a PyTorch file without a state dict of tensors (entries: {})",
+            map.other_entries.join(", ")
+        )));
+    }
+    Ok(map)
+}
