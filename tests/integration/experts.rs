@@ -46,6 +46,12 @@ fn parity_moco_vapt() {
     parity("h_moco_vapt");
 }
 
+/// Pfeiffer adapters after every block's MLP (random adapter tensors, so every gradient counts).
+#[test]
+fn parity_adapter() {
+    parity("k_adapter");
+}
+
 #[test]
 fn parity_vapt_default() {
     parity("c_vapt_default");

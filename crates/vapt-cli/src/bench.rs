@@ -50,7 +50,7 @@ pub struct BenchArgs {
     /// Several methods in one run, comma-separated, e.g. `linear,vpt-deep,vapt,full`; overrides
     /// `--method` and prints a Markdown table (or a JSON array with `--json`).
     #[arg(long, value_delimiter = ',', value_parser = crate::experts::parse_method)]
-    pub methods: Vec<vapt_experts::Method>,
+    pub methods: Vec<vapt_experts::MethodSpec>,
     #[command(flatten)]
     pub experts: ExpertArgs,
 }
@@ -95,14 +95,14 @@ impl Job for Bench {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let Bench(args, spec) = self;
         let methods = if args.methods.is_empty() {
-            vec![args.experts.config(args.classes).method]
+            vec![args.experts.method]
         } else {
-            args.methods.clone()
+            args.methods.iter().copied().map(Some).collect()
         };
         let mut results = Vec::new();
         for method in methods {
             let mut experts = args.experts.clone();
-            experts.method = Some(method);
+            experts.method = method;
             let result = bench_one::<B>(&args, &experts, &spec, &device)?;
             if !args.json {
                 print_one(&result, &args);
@@ -172,7 +172,7 @@ fn bench_one<B: AutodiffBackend>(
         "cpu_kernels": vapt_vit::vapt_kernels::fused_on::<B>(),
         "threads": rayon::current_num_threads(),
         "variant": vit.display_name(),
-        "method": cfg.method.name(),
+        "method": cfg.label(),
         "num_prompts": cfg.num_prompts,
         "batch_size": args.batch_size,
         "image_size": s,

@@ -6,13 +6,18 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use vapt_experts::{Activation, Method, ParamReport, PromptConfig};
+use vapt_experts::{Activation, AdapterInit, MethodSpec, ParamReport, PromptConfig};
 use vapt_train::parity::run_parity;
+use vapt_vit::Projection;
 use vapt_vit::VitConfig;
 
 use crate::device::Job;
 
-pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
+pub(crate) fn parse_method(s: &str) -> Result<MethodSpec, String> {
+    s.parse().map_err(|e: vapt_experts::ConfigError| e.to_string())
+}
+
+fn parse_adapter_init(s: &str) -> Result<AdapterInit, String> {
     s.parse().map_err(|e: vapt_experts::ConfigError| e.to_string())
 }
 
@@ -25,10 +30,12 @@ fn parse_activation(s: &str) -> Result<Activation, String> {
 /// and prompt dropout 0.1.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ExpertArgs {
-    /// What trains: `linear` (head only), `full` (everything), `vpt-shallow`, `vpt-deep` or `vapt`
-    /// [default: vapt].
+    /// What trains [default: vapt]. Prompts: `vpt-shallow`, `vpt-deep`, `vapt`. Baselines:
+    /// `linear` (head only), `mlp-k` (a k-layer MLP head), `partial-k` (the last k blocks),
+    /// `bias` (every backbone bias, BitFit), `vpt-deep+bias`, `adapter` (Pfeiffer, after each
+    /// MLP), `lora` (low-rank updates on q and v), `full` (everything).
     #[arg(long, value_parser = parse_method)]
-    pub method: Option<Method>,
+    pub method: Option<MethodSpec>,
     /// Prompt tokens per block (Np) [default: 10].
     #[arg(long = "prompts")]
     pub num_prompts: Option<usize>,
@@ -71,15 +78,68 @@ pub struct ExpertArgs {
     /// VAPT: dropout after the projector activation during training [default: 0.1].
     #[arg(long)]
     pub dropout_mlp: Option<f64>,
+    /// partial-k: how many of the last blocks train (also `--method partial-K`) [default: 1].
+    #[arg(long)]
+    pub partial_blocks: Option<usize>,
+    /// mlp-k: layers of the MLP head, the classifier included (also `--method mlp-K`)
+    /// [default: 3].
+    #[arg(long)]
+    pub mlp_layers: Option<usize>,
+    /// adapter: bottleneck width = width / reduction [default: 8].
+    #[arg(long)]
+    pub reduction: Option<usize>,
+    /// adapter: `random-down` (down-projection from PyTorch's init, up-projection zero: the
+    /// identity at step 0, and everything trains) or `zero` (the authors' init: all four tensors
+    /// zero, which leaves every adapter tensor but `up.bias` without a gradient forever; use it to
+    /// reproduce the paper's adapter numbers) [default: random-down].
+    #[arg(long, value_parser = parse_adapter_init)]
+    pub adapter_init: Option<AdapterInit>,
+    /// lora: rank r [default: 8].
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// lora: α; updates are scaled by α / r [default: 8].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// lora: projections that get an update, comma-separated, from q, k, v, o, fc1, fc2
+    /// [default: q,v, peft's for ViT].
+    #[arg(long, value_delimiter = ',')]
+    pub lora_targets: Vec<Projection>,
+    /// lora: dropout on the update's input during training [default: 0].
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
 }
 
 impl ExpertArgs {
     /// Applies the flags that were given to `cfg`.
     pub fn apply(&self, cfg: &mut PromptConfig) {
-        let v = &mut cfg.vapt;
         if let Some(m) = self.method {
-            cfg.method = m;
+            cfg.set_method(m);
         }
+        if let Some(k) = self.partial_blocks {
+            cfg.partial_blocks = k;
+        }
+        if let Some(k) = self.mlp_layers {
+            cfg.mlp_layers = k;
+        }
+        if let Some(r) = self.reduction {
+            cfg.adapter.reduction = r;
+        }
+        if let Some(i) = self.adapter_init {
+            cfg.adapter.init = i;
+        }
+        if let Some(r) = self.lora_rank {
+            cfg.lora.rank = r;
+        }
+        if let Some(a) = self.lora_alpha {
+            cfg.lora.alpha = a;
+        }
+        if !self.lora_targets.is_empty() {
+            cfg.lora.targets = self.lora_targets.clone();
+        }
+        if let Some(p) = self.lora_dropout {
+            cfg.lora.dropout = p;
+        }
+        let v = &mut cfg.vapt;
         if let Some(n) = self.num_prompts {
             cfg.num_prompts = n;
         }
@@ -168,7 +228,7 @@ pub fn params(args: &ParamsArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} on {}", report.method, report.backbone);
+        println!("{} on {}", report.label, report.backbone);
         print!("{}", report.table());
         println!("{}", report.summary());
         println!(
@@ -218,6 +278,7 @@ impl Job for Parity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vapt_experts::Method;
 
     /// Knobs of the configuration type that no flag sets: the official code hard-codes them.
     const FIXED: [&str; 2] = ["vapt.conv_dropout", "vapt.norm_eps"];
@@ -243,7 +304,10 @@ mod tests {
     #[test]
     fn every_prompt_knob_has_a_flag() {
         let args = ExpertArgs {
-            method: Some(Method::VptShallow),
+            method: Some(MethodSpec {
+                method: Method::VptShallow,
+                k: None,
+            }),
             num_prompts: Some(3),
             prompt_dropout: Some(0.3),
             vpt_depth: Some(2),
@@ -257,6 +321,14 @@ mod tests {
             unshared_projector: true,
             learnable_scale: true,
             dropout_mlp: Some(0.2),
+            partial_blocks: Some(3),
+            mlp_layers: Some(2),
+            reduction: Some(4),
+            adapter_init: Some(AdapterInit::Zero),
+            lora_rank: Some(2),
+            lora_alpha: Some(16.0),
+            lora_targets: vec![Projection::Key, Projection::Fc2],
+            lora_dropout: Some(0.05),
         };
         let (mut default, mut set) = (Vec::new(), Vec::new());
         leaves(

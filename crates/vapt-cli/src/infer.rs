@@ -123,6 +123,44 @@ impl Job for PredictJob {
     }
 }
 
+/// `vapt merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output file (.safetensors, vapt's native layout, the head included). An existing file is
+    /// never overwritten.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// `vapt merge` on a device.
+pub struct MergeJob(pub MergeArgs);
+
+impl Job for MergeJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let predictor = args.model.load::<B::InnerBackend>(&device)?;
+        predictor.save_merged_backbone(&args.out)?;
+        let cfg = &predictor.model.config;
+        println!(
+            "wrote {}: {} with {} merged{} and the run's {}-class head built in",
+            args.out.display(),
+            predictor.model.backbone.config.display_name(),
+            cfg.label(),
+            if predictor.model.lora.is_some() {
+                " (W + (α/r)·BA)"
+            } else {
+                ""
+            },
+            cfg.num_classes
+        );
+        Ok(())
+    }
+}
+
 /// `vapt analyze`.
 #[derive(Args, Debug)]
 pub struct AnalyzeArgs {

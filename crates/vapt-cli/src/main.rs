@@ -2,6 +2,7 @@
 
 mod analyze;
 mod bench;
+mod cluster;
 mod data;
 mod device;
 mod experts;
@@ -32,6 +33,9 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt train --weights imagenet21k_ViT-B_16.npz --data-root vtab-1k --task dtd --lr 10 --wd 0.001
 ///   vapt train --config run.toml --device cuda --out runs/dtd-vapt
 ///   vapt sweep --weights imagenet21k_ViT-B_16.npz --data-root vtab-1k --task dtd --device cuda
+///   vapt --device cuda sweep --weights ViT-B_16.npz --data-root vtab-1k --task dtd --slurm --gres gpu:1
+///   vapt --device cuda sweep --weights ViT-B_16.npz --data-root vtab-1k --task dtd --devices cuda:0,cuda:1
+///   vapt sweep status sweeps/dtd/vapt
 ///   vapt report sweeps --csv vtab.csv
 ///   vapt eval runs/dtd-vapt --split test
 ///   vapt predict runs/dtd-vapt photo.jpg
@@ -40,6 +44,8 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
 ///   vapt params --variant B/16 --method vapt --prompts 10
+///   vapt params --variant B/16 --method lora --lora-rank 8 --lora-targets q,v
+///   vapt merge runs/dtd-lora --out vit-dtd-lora.safetensors
 ///   vapt parity tests/fixtures/parity/c_vapt_default --device wgpu
 ///   vapt data verify datasets/fashion-mnist-1k
 #[derive(Parser, Debug)]
@@ -61,6 +67,8 @@ fn parse_device(s: &str) -> Result<DeviceSpec, String> {
     s.parse()
 }
 
+// Built once per process from the arguments: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train prompt experts on a task (the paper's protocol for one lr/wd/seed) into a run
@@ -74,8 +82,10 @@ enum Command {
     /// Classify images with a finished run or a prompts artifact: top classes and probabilities.
     Predict(infer::PredictArgs),
     /// The VTAB/FGVC protocol for one task: lr × wd grid on train800 → val200, then 5 seeds on
-    /// train800val200 → test, mean ± std. Resumable; `--point N` runs one point (job arrays);
-    /// `vapt sweep report DIR` aggregates.
+    /// train800val200 → test, mean ± std. Resumable, and any number of workers can share one
+    /// sweep folder: `--slurm` submits it as Slurm job arrays, `--devices cuda:0,cuda:1` (or
+    /// `--jobs N`) runs worker processes here, `--point N` runs one point. `vapt sweep status
+    /// DIR` shows where it stands, `vapt sweep report DIR` aggregates.
     Sweep(sweep::SweepArgs),
     /// The paper-layout table (tasks, group means, VTAB mean, tuned %) over finished sweeps, in
     /// Markdown, and CSV with --csv.
@@ -88,6 +98,11 @@ enum Command {
     Inspect(InspectArgs),
     /// Convert a checkpoint (Google npz or timm safetensors) to vapt's native safetensors layout.
     Convert(ConvertArgs),
+    /// Write a run as one plain ViT: its backbone with the training merged in (LoRA folded into
+    /// the weights: W + (α/r)·BA; partial-k and bias tensors in place) and its head built in, as
+    /// native safetensors. Prompt, adapter and MLP-head runs cannot be merged. Example: vapt merge
+    /// runs/dtd-lora --out vit-dtd-lora.safetensors
+    Merge(infer::MergeArgs),
     /// Count trainable and total parameters of a method on a backbone, per module (no weights
     /// needed). Example: vapt params --variant B/16 --method vapt --prompts 10 --json
     Params(experts::ParamsArgs),
@@ -280,14 +295,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect(args) => dispatch(cli.device, Inspect(args, cli.device))?,
         Command::Convert(args) => dispatch(cli.device, Convert(args))?,
+        Command::Merge(args) => dispatch(cli.device, infer::MergeJob(args))?,
         Command::Params(args) => experts::params(&args)?,
         Command::Train(args) => dispatch(cli.device, train::TrainJob(args, cli.device))?,
         Command::Eval(args) => dispatch(cli.device, infer::EvalJob(args))?,
         Command::Predict(args) => dispatch(cli.device, infer::PredictJob(args))?,
-        Command::Sweep(args) => match args.action {
-            Some(sweep::SweepAction::Report { dir }) => sweep::sweep_report(&dir)?,
-            None => dispatch(cli.device, sweep::SweepJob(args, cli.device))?,
-        },
+        Command::Sweep(args) => sweep::run(args, cli.device, cli.threads)?,
         Command::Report(args) => sweep::report(&args)?,
         Command::Analyze(args) => dispatch(cli.device, infer::AnalyzeJob(args))?,
         Command::Data(cmd) => data::run(cmd)?,

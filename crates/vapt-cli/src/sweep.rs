@@ -7,11 +7,10 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use vapt_train::monitor::{self, Monitor};
 use vapt_train::report::{find_summaries, Table};
-use vapt_train::run_dir::{self, CONFIG_FILE};
-use vapt_train::sweep::{self, PointOutcome, SweepSpec};
-use vapt_train::RunStatus;
+use vapt_train::sweep::{self, SweepSpec};
 
-use crate::device::{DeviceSpec, Job};
+use crate::cluster::{self, PoolArgs, SlurmArgs};
+use crate::device::{dispatch, DeviceSpec, Job};
 use crate::train::RunArgs;
 
 /// `vapt sweep`.
@@ -50,16 +49,41 @@ pub struct SweepArgs {
     /// Plain progress lines even in a terminal.
     #[arg(long)]
     pub plain: bool,
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
 }
 
-/// `vapt sweep report`.
+/// `vapt sweep report | status | work`.
 #[derive(Subcommand, Debug)]
 pub enum SweepAction {
     /// Aggregate a sweep folder: the grid table, the chosen (lr, wd), final mean ± std; writes
-    /// summary.json.
+    /// summary.json. Works on what has finished.
     Report {
         /// The sweep folder.
         dir: PathBuf,
+    },
+    /// Where every point stands: done / running / failed / pending counts, and the failed points
+    /// with the last lines of their logs.
+    Status {
+        /// The sweep folder.
+        dir: PathBuf,
+        /// Log lines shown per failed point.
+        #[arg(long, default_value_t = 10)]
+        lines: usize,
+    },
+    /// One worker on an existing sweep folder (what --slurm and --devices start): trains every
+    /// point no other worker holds, or only --point N, on the global --device.
+    Work {
+        /// The sweep folder (its sweep.json says what to train).
+        dir: PathBuf,
+        /// Only point N (a job-array task).
+        #[arg(long)]
+        point: Option<usize>,
+        /// Plain progress lines even in a terminal.
+        #[arg(long)]
+        plain: bool,
     },
 }
 
@@ -103,6 +127,67 @@ impl SweepArgs {
         }
         Ok(spec)
     }
+
+    /// `--out`, or `sweeps/<task>/<method>`.
+    fn out_dir(&self, spec: &SweepSpec) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            PathBuf::from("sweeps")
+                .join(&spec.base.data.task)
+                .join(spec.base.experts.label())
+        })
+    }
+}
+
+/// `vapt sweep`: a subcommand, a Slurm submission, a pool of workers, or the sweep in this
+/// process (which cooperates with any other worker on the same folder).
+pub fn run(args: SweepArgs, device: DeviceSpec, threads: Option<usize>) -> Result<()> {
+    match args.action {
+        Some(SweepAction::Report { dir }) => return sweep_report(&dir),
+        Some(SweepAction::Status { dir, lines }) => return cluster::print_status(&dir, lines),
+        Some(SweepAction::Work { dir, point, plain }) => {
+            return dispatch(
+                device,
+                cluster::WorkJob {
+                    dir,
+                    point,
+                    plain,
+                    device,
+                },
+            )
+        }
+        None => {}
+    }
+    let spec = args.spec()?;
+    let out = args.out_dir(&spec);
+    if args.list {
+        sweep::prepare(&spec, &out)?;
+        return cluster::print_status(&out, 0);
+    }
+    if let Some(point) = args.point {
+        sweep::prepare(&spec, &out)?;
+        let job = cluster::WorkJob {
+            dir: out,
+            point: Some(point),
+            plain: args.plain,
+            device,
+        };
+        return dispatch(device, job);
+    }
+    if args.slurm.slurm {
+        return cluster::submit_slurm(&spec, &out, &args.slurm, device, threads);
+    }
+    if let Some(workers) = args.pool.workers(device)? {
+        return cluster::run_pool(&spec, &out, &workers, threads);
+    }
+    dispatch(
+        device,
+        SweepJob {
+            spec,
+            out,
+            plain: args.plain,
+            device,
+        },
+    )
 }
 
 /// Prints a sweep's table.
@@ -113,58 +198,26 @@ pub fn sweep_report(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `vapt sweep` on a device.
-pub struct SweepJob(pub SweepArgs, pub DeviceSpec);
+/// `vapt sweep` in this process, on a device.
+pub struct SweepJob {
+    spec: SweepSpec,
+    out: PathBuf,
+    plain: bool,
+    device: DeviceSpec,
+}
 
 impl Job for SweepJob {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let SweepJob(args, dev) = self;
-        let spec = args.spec()?;
-        let out = args.out.clone().unwrap_or_else(|| {
-            PathBuf::from("sweeps")
-                .join(&spec.base.data.task)
-                .join(spec.base.experts.method.name())
-        });
-        sweep::prepare(&spec, &out)?;
-        if args.list {
-            let (pts, complete) = sweep::points(&spec, &out)?;
-            for (i, p) in pts.iter().enumerate() {
-                let (name, dir) = match p {
-                    sweep::Point::Grid { lr, wd } => {
-                        (format!("grid lr {lr} wd {wd}"), sweep::grid_dir(&out, *lr, *wd))
-                    }
-                    sweep::Point::Final { seed } => {
-                        (format!("final seed {seed}"), sweep::final_dir(&out, *seed))
-                    }
-                };
-                let state = match run_dir::read_result(&dir)? {
-                    Some(r) if r.status == RunStatus::Ok => format!("done, {:.2}%", r.eval_top1),
-                    Some(_) => "diverged".into(),
-                    None if dir.join(CONFIG_FILE).exists() => "started".into(),
-                    None => "pending".into(),
-                };
-                println!("{i:>3}  {name:<28} {state}");
-            }
-            if !complete {
-                println!("(fast mode: the lr stage is listed once the wd stage is done)");
-            }
-            return Ok(());
-        }
+        let SweepJob {
+            spec,
+            out,
+            plain,
+            device: dev,
+        } = self;
         let label = dev.to_string();
-        let plain = args.plain;
-        let mut on_point = |i: usize, p: sweep::Point, o: &PointOutcome| {
-            println!("point {i} {p:?}: {o:?}");
-        };
-        if let Some(n) = args.point {
-            let mut m = monitor::auto(plain);
-            let (p, o) = sweep::run_point::<B>(&spec, &out, n, &device, &label, m.as_mut())?;
-            drop(m);
-            on_point(n, p, &o);
-            sweep::write_summary(&spec, &out)?;
-            return Ok(());
-        }
+        let mut on_point = cluster::print_point;
         let mut make = || -> Box<dyn Monitor> { monitor::auto(plain) };
         let summary = sweep::run_all::<B>(&spec, &out, &device, &label, &mut make, &mut on_point)?;
         print!("{}", sweep::markdown(&spec, &summary));

@@ -6,10 +6,12 @@
 use serde::{Deserialize, Serialize};
 use vapt_vit::VitConfig;
 
+use crate::adapter::{self, AdapterConfig};
 use crate::adaptive::{self, VaptConfig};
 pub use crate::error::ConfigError;
-use crate::method::Method;
-use crate::{head, static_prompts};
+use crate::lora::{self, LoraConfig};
+use crate::method::{BackboneTraining, Method, MethodSpec};
+use crate::{bias, head, mlp_head, partial, static_prompts};
 
 /// Everything that defines the prompt experts and the head on a backbone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +27,14 @@ pub struct PromptConfig {
     pub num_classes: usize,
     /// VAPT knobs (ignored by the other methods).
     pub vapt: VaptConfig,
+    /// Partial-k: how many of the last blocks train.
+    pub partial_blocks: usize,
+    /// MLP-k: layers of the MLP head (k − 1 hidden layers, then the classifier).
+    pub mlp_layers: usize,
+    /// Adapter knobs.
+    pub adapter: AdapterConfig,
+    /// LoRA knobs.
+    pub lora: LoraConfig,
 }
 
 impl Default for PromptConfig {
@@ -35,6 +45,10 @@ impl Default for PromptConfig {
             prompt_dropout: 0.1,
             num_classes: 0,
             vapt: VaptConfig::default(),
+            partial_blocks: 1,
+            mlp_layers: 3,
+            adapter: AdapterConfig::default(),
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -50,11 +64,57 @@ impl PromptConfig {
         }
     }
 
+    /// Sets the method from its command-line spelling: `partial-2` also sets `partial_blocks`,
+    /// `mlp-3` `mlp_layers`.
+    pub fn set_method(&mut self, spec: MethodSpec) {
+        self.method = spec.method;
+        match (spec.method, spec.k) {
+            (Method::Partial, Some(k)) => self.partial_blocks = k,
+            (Method::Mlp, Some(k)) => self.mlp_layers = k,
+            _ => {}
+        }
+    }
+
+    /// The method as tables show it: `partial-2`, `mlp-3`, `adapter` … (sized methods with
+    /// their k).
+    pub fn label(&self) -> String {
+        match self.method {
+            Method::Partial => format!("partial-{}", self.partial_blocks),
+            Method::Mlp => format!("mlp-{}", self.mlp_layers),
+            m => m.name().to_string(),
+        }
+    }
+
+    /// Whether the backbone tensor at native path `path` trains.
+    pub fn trains_backbone(&self, path: &str, vit: &VitConfig) -> bool {
+        match self.method.backbone_training() {
+            BackboneTraining::Nothing => false,
+            BackboneTraining::Everything => true,
+            BackboneTraining::LastBlocks => partial::trains(path, self.partial_blocks, vit.depth),
+            BackboneTraining::Biases => bias::trains(path),
+        }
+    }
+
+    /// The backbone tensors that train and go into the trainable-only artifact (partial-k, bias),
+    /// as `backbone.<native path>`. Full fine-tuning trains them all but saves its backbone as a
+    /// whole, so none are listed for it.
+    pub fn backbone_shapes(&self, vit: &VitConfig) -> Vec<(String, Vec<usize>)> {
+        if self.method.backbone_training() == BackboneTraining::Everything {
+            return Vec::new();
+        }
+        vapt_vit::weights::native::native_params(vit)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("head.") && self.trains_backbone(name, vit))
+            .map(|(name, shape)| (format!("backbone.{name}"), shape))
+            .collect()
+    }
+
     /// Every dropout set to zero (training then behaves as eval; used for parity and gradients).
     pub fn without_dropout(mut self) -> Self {
         self.prompt_dropout = 0.0;
         self.vapt.dropout_mlp = 0.0;
         self.vapt.conv_dropout = 0.0;
+        self.lora.dropout = 0.0;
         self
     }
 
@@ -80,7 +140,7 @@ impl PromptConfig {
     /// VPT-deep, vpt_depth−1 for VAPT, else 0.
     pub fn num_deep_static(&self, depth: usize) -> usize {
         match self.method {
-            Method::VptDeep => depth - 1,
+            Method::VptDeep | Method::VptDeepBias => depth - 1,
             Method::Vapt => self.vapt.vpt_depth - 1,
             _ => 0,
         }
@@ -128,18 +188,33 @@ impl PromptConfig {
                 self.method
             )));
         }
-        if self.method == Method::Vapt {
-            self.vapt_knobs(vit).validate(vit)?;
+        match self.method {
+            Method::Vapt => self.vapt_knobs(vit).validate(vit)?,
+            Method::Adapter => self.adapter.validate(vit)?,
+            Method::Lora => self.lora.validate()?,
+            Method::Partial if self.partial_blocks == 0 || self.partial_blocks > vit.depth => {
+                return Err(ConfigError::Invalid(format!(
+                    "partial-{} needs between 1 and {} blocks (the backbone's depth)",
+                    self.partial_blocks, vit.depth
+                )))
+            }
+            Method::Mlp if self.mlp_layers == 0 => {
+                return Err(ConfigError::Invalid(
+                    "mlp-0 has no layer: use mlp-1 (linear) or more".into(),
+                ))
+            }
+            _ => {}
         }
         Ok(())
     }
 
-    /// Every trainable expert tensor (and the head) with its shape, in the names used by the
-    /// parity fixtures and prompt artifacts (SPEC §3.4). Backbone tensors are not listed. Each
-    /// method's file lists its own; the models they build have exactly these tensors.
+    /// Every trainable tensor with its shape, in the names used by the parity fixtures and
+    /// artifacts (SPEC §3.4): the experts, the head, and the backbone tensors partial-k and bias
+    /// tuning train ([`Self::backbone_shapes`]). Each method's file lists its own; the models they
+    /// build have exactly these trainable tensors.
     pub fn expert_shapes(&self, vit: &VitConfig) -> Vec<(String, Vec<usize>)> {
         let (np, d) = (self.num_prompts, vit.hidden);
-        let mut v = Vec::new();
+        let mut v = self.backbone_shapes(vit);
         if self.method.has_prompts() {
             v.extend(static_prompts::shapes(np, self.deep_static_rows(vit), d));
         }
@@ -151,7 +226,30 @@ impl PromptConfig {
                 vit,
             ));
         }
+        match self.method {
+            Method::Adapter => v.extend(adapter::shapes(&self.adapter, vit)),
+            Method::Lora => v.extend(lora::shapes(&self.lora, vit)),
+            Method::Mlp => v.extend(mlp_head::shapes(self.mlp_layers, d)),
+            _ => {}
+        }
         v.extend(head::shapes(self.num_classes, d));
+        v
+    }
+
+    /// What an artifact holds beyond [`Self::expert_shapes`]: buffers that are saved but never
+    /// trained (the MLP head's BatchNorm running statistics).
+    pub fn buffer_shapes(&self, vit: &VitConfig) -> Vec<(String, Vec<usize>)> {
+        match self.method {
+            Method::Mlp => mlp_head::buffer_shapes(self.mlp_layers, vit.hidden),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every tensor of the trainable-only artifact: [`Self::expert_shapes`] then
+    /// [`Self::buffer_shapes`].
+    pub fn artifact_shapes(&self, vit: &VitConfig) -> Vec<(String, Vec<usize>)> {
+        let mut v = self.expert_shapes(vit);
+        v.extend(self.buffer_shapes(vit));
         v
     }
 }
@@ -193,6 +291,46 @@ mod tests {
                 2638 * np + 29_228
             );
         }
+    }
+
+    /// The paper's comparison rows on ViT-B/16, head excluded (the figures), and LoRA
+    /// derived as peft counts it: r · (in + out) per targeted projection.
+    #[test]
+    fn vit_b16_baseline_counts_match_the_authors() {
+        let vit = VitConfig::vit_b16();
+        let with = |m: Method, f: &dyn Fn(&mut PromptConfig)| {
+            let mut c = PromptConfig::new(m, 10, 0);
+            f(&mut c);
+            count(&c, &vit)
+        };
+        for (k, n) in [(1, 7_089_408), (2, 14_177_280), (4, 28_353_024)] {
+            assert_eq!(with(Method::Partial, &|c| c.partial_blocks = k), n, "partial-{k}");
+        }
+        assert_eq!(with(Method::Bias, &|_| {}), 102_912);
+        assert_eq!(with(Method::Adapter, &|_| {}), 1_779_840);
+        assert_eq!(with(Method::VptDeepBias, &|_| {}), 195_072);
+        assert_eq!(with(Method::Linear, &|_| {}), 0);
+        // mlp-3: two hidden 768 → 768 layers with BatchNorm affine parameters.
+        assert_eq!(with(Method::Mlp, &|_| {}), 2 * (768 * 768 + 768 + 2 * 768));
+        for (rank, targets) in [
+            (8, vec![vapt_vit::Projection::Query, vapt_vit::Projection::Value]),
+            (4, vapt_vit::Projection::all().collect()),
+        ] {
+            let peft: usize = targets
+                .iter()
+                .map(|p| {
+                    let (i, o) = p.dims(&vit);
+                    rank * (i + o)
+                })
+                .sum::<usize>()
+                * vit.depth;
+            let ours = with(Method::Lora, &|c| {
+                c.lora.rank = rank;
+                c.lora.targets = targets.clone();
+            });
+            assert_eq!(ours, peft, "rank {rank}");
+        }
+        assert_eq!(with(Method::Lora, &|_| {}), 294_912);
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //! adaptive prompts *replace* positions 1..Np before a block, as the model's [`BlockInput`] plan
 //! says; the previous block's outputs there are discarded.
 
-use burn::module::Module;
+use std::cell::RefCell;
+
+use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use vapt_vit::Vit;
+use vapt_vit::{named, BlockDelta, Projection, Rows, Vit};
 
+use crate::adapter::{Adapter, Adapters};
 use crate::adaptive::AdaptivePrompts;
 use crate::config::{ConfigError, PromptConfig};
 use crate::head::Head;
-use crate::method::Method;
+use crate::lora::{Lora, LoraBlock};
+use crate::method::{BackboneTraining, Method};
+use crate::mlp_head::MlpHead;
 use crate::plan::{plan, BlockInput};
 use crate::static_prompts::StaticPrompts;
 use crate::trace::{Recorder, Trace};
@@ -27,6 +32,12 @@ pub struct PromptedVit<B: Backend> {
     pub prompt: Option<StaticPrompts<B>>,
     /// Adaptive experts (VAPT).
     pub vapt: Option<AdaptivePrompts<B>>,
+    /// Adapters after every block's MLP (adapter).
+    pub adapter: Option<Adapters<B>>,
+    /// Low-rank updates on the block projections (LoRA).
+    pub lora: Option<Lora<B>>,
+    /// Hidden layers of an MLP head (mlp-k, k > 1).
+    pub mlp: Option<MlpHead<B>>,
     /// The classifier (absent when `num_classes == 0`).
     pub head: Option<Head<B>>,
     /// What happens to the prompt slots before each block.
@@ -53,6 +64,13 @@ impl<B: Backend> PromptedVit<B> {
         } else {
             backbone
         };
+        // Partial-k and bias tuning unfreeze part of the frozen backbone.
+        let backbone = match config.method.backbone_training() {
+            BackboneTraining::LastBlocks | BackboneTraining::Biases => {
+                named::set_trainable(backbone, |path| config.trains_backbone(path, &vit))
+            }
+            _ => backbone,
+        };
         // Drawn in this order (static prompts, generators, shared projector, head) from the seed.
         let (np, depth) = (config.num_prompts, vit.depth);
         let prompt = config.method.has_prompts().then(|| {
@@ -73,11 +91,20 @@ impl<B: Backend> PromptedVit<B> {
                 device,
             )
         });
+        let adapter =
+            (config.method == Method::Adapter).then(|| Adapters::new(&config.adapter, &vit, device));
+        let lora = (config.method == Method::Lora).then(|| Lora::new(&config.lora, &vit, device));
+        let mlp = (config.method == Method::Mlp)
+            .then(|| MlpHead::new(config.mlp_layers, vit.hidden, device))
+            .flatten();
         let head = Head::new(config.num_classes, vit.hidden, device);
         Ok(Self {
             backbone,
             prompt,
             vapt,
+            adapter,
+            lora,
+            mlp,
             head,
             plan: plan(&config, vit.depth),
             config,
@@ -92,6 +119,10 @@ impl<B: Backend> PromptedVit<B> {
     /// The head applied to features `[B, D]` (they pass through without a head): what
     /// [`Self::forward`] does after the backbone.
     pub fn classify(&self, features: Tensor<B, 2>) -> Tensor<B, 2> {
+        let features = match &self.mlp {
+            Some(mlp) => mlp.forward(features),
+            None => features,
+        };
         match &self.head {
             Some(head) => head.forward(features),
             None => features,
@@ -121,16 +152,27 @@ impl<B: Backend> PromptedVit<B> {
         for (i, (block, step)) in self.backbone.blocks.iter().zip(&self.plan).enumerate() {
             x = self.prompts_before(*step, x, &mut rec);
             rec.block_input(i, &x);
-            x = if rec.attention() {
-                let (y, probs) = block.forward_with_attention(x);
-                rec.attention_probs(probs);
-                y
-            } else if i == last && self.backbone.reads_cls_only() {
+            let rows = if rec.attention() {
+                Rows::AllWithAttention
+            } else if i == last && self.backbone.reads_cls_only() && !rec.intermediates() {
                 // Only CLS reaches the head: the last block computes that row alone.
-                block.forward_cls(x)
+                Rows::ClsOnly
             } else {
-                block.forward(x)
+                Rows::All
             };
+            let delta = InBlock {
+                adapter: self.adapter.as_ref().map(|a| &a.blocks[i]),
+                lora: self.lora.as_ref().map(|l| &l.blocks[i]),
+                branch: rec.intermediates().then(|| RefCell::new(None)),
+            };
+            let (y, probs) = block.run(x, rows, &delta);
+            if let Some(probs) = probs {
+                rec.attention_probs(probs);
+            }
+            if let Some(branch) = delta.branch.and_then(RefCell::into_inner) {
+                rec.adapter(i, &branch);
+            }
+            x = y;
         }
         let (pooled, features) = self.backbone.pool(x);
         if self.backbone.reads_cls_only() {
@@ -166,5 +208,63 @@ impl<B: Backend> PromptedVit<B> {
     /// Prompt tokens per block as seen by the attention (0 for `linear`/`full`).
     pub fn prompt_tokens(&self) -> usize {
         self.config.prompt_tokens()
+    }
+
+    /// The model as one plain [`Vit`]: the backbone as trained — LoRA updates folded into its
+    /// weights (`W + (α/r)·BA`), partial-k and bias tensors in place — with this model's head as its
+    /// built-in head, so that [`Vit::forward`] gives this model's logits. Prompts, adapters and an
+    /// MLP head add tokens or non-linear branches that no ViT weight can hold: an error for those.
+    pub fn merged_backbone(&self) -> Result<Vit<B>, ConfigError> {
+        let extra = if self.prompt.is_some() || self.vapt.is_some() {
+            Some("prompt tokens")
+        } else if self.adapter.is_some() {
+            Some("adapter branches")
+        } else if self.mlp.is_some() {
+            Some("a non-linear MLP head")
+        } else {
+            None
+        };
+        if let Some(extra) = extra {
+            return Err(ConfigError::Invalid(format!(
+                "{} adds {extra}, which cannot be folded into a ViT's weights",
+                self.config.label()
+            )));
+        }
+        let mut vit = match &self.lora {
+            Some(lora) => lora.merge_into(self.backbone.clone()),
+            None => self.backbone.clone(),
+        };
+        if let Some(head) = &self.head {
+            let [classes, _] = head.weight.dims();
+            vit.head = Some(vapt_kernels::nn::Linear {
+                weight: Param::from_tensor(head.weight.val().transpose()),
+                bias: Some(Param::from_tensor(head.bias.val())),
+            });
+            vit.config.num_classes = Some(classes);
+        }
+        Ok(vit)
+    }
+}
+
+/// What the model adds inside block `i`: its adapter and LoRA updates. When intermediates are
+/// recorded, the adapter branch is kept for the trace.
+struct InBlock<'a, B: Backend> {
+    adapter: Option<&'a Adapter<B>>,
+    lora: Option<&'a LoraBlock<B>>,
+    branch: Option<RefCell<Option<Tensor<B, 3>>>>,
+}
+
+impl<B: Backend> BlockDelta<B> for InBlock<'_, B> {
+    fn projection(&self, p: Projection, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        self.lora.and_then(|l| l.projection(p, x))
+    }
+
+    fn mlp_output(&self, m: Tensor<B, 3>) -> Tensor<B, 3> {
+        let Some(adapter) = self.adapter else { return m };
+        let branch = adapter.branch(m.clone());
+        if let Some(keep) = &self.branch {
+            *keep.borrow_mut() = Some(branch.clone());
+        }
+        m + branch
     }
 }

@@ -6,12 +6,13 @@ use serde::Serialize;
 use vapt_vit::VitConfig;
 
 use crate::config::PromptConfig;
-use crate::method::Method;
+use crate::method::{BackboneTraining, Method};
 
 /// One row of the parameter report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParamRow {
-    /// Module name (`prompt.static`, `vapt.3`, `vapt.mlp`, `head`, `backbone`).
+    /// Module name (`prompt.static`, `vapt.3`, `vapt.mlp`, `adapter`, `lora`, `mlp`, `head`,
+    /// `backbone`).
     pub module: String,
     /// Parameters that train.
     pub trainable: usize,
@@ -24,6 +25,8 @@ pub struct ParamRow {
 pub struct ParamReport {
     /// Method.
     pub method: Method,
+    /// The method as tables show it (`partial-2`, `mlp-3`).
+    pub label: String,
     /// Backbone name.
     pub backbone: String,
     /// Per-module rows.
@@ -42,8 +45,13 @@ impl ParamReport {
     /// Computes the report from the configuration alone (no model needs to be built).
     pub fn new(prompt: &PromptConfig, vit: &VitConfig) -> Self {
         let mut modules: Vec<ParamRow> = Vec::new();
+        let mut backbone_trainable = 0;
         for (name, shape) in prompt.expert_shapes(vit) {
             let n: usize = shape.iter().product();
+            if name.starts_with("backbone.") {
+                backbone_trainable += n;
+                continue;
+            }
             let module = match name.split('.').collect::<Vec<_>>()[..] {
                 ["prompt", ..] => name.clone(),
                 ["vapt", "mlp", ..] => "vapt.mlp".to_string(),
@@ -64,11 +72,9 @@ impl ParamReport {
             }
         }
         let backbone = vit.num_backbone_params();
-        let backbone_trainable = if prompt.method.frozen_backbone() {
-            0
-        } else {
-            backbone
-        };
+        if prompt.method.backbone_training() == BackboneTraining::Everything {
+            backbone_trainable = backbone;
+        }
         modules.push(ParamRow {
             module: "backbone".into(),
             trainable: backbone_trainable,
@@ -78,6 +84,7 @@ impl ParamReport {
         let total: usize = modules.iter().map(|r| r.total).sum();
         Self {
             method: prompt.method,
+            label: prompt.label(),
             backbone: vit.display_name(),
             trainable,
             total,

@@ -106,6 +106,25 @@ impl<'a, B: Backend> Recorder<'a, B> {
         self.tensor(format!("out.vapt.{k}.token_proj"), || g.token_proj);
     }
 
+    /// The adapter branch `up(GELU(down(m)))` of block `i`, `[B, T, D]`: at CLS and averaged over
+    /// the patch rows.
+    pub fn adapter(&mut self, i: usize, branch: &Tensor<B, 3>) {
+        let [b, t, d] = branch.dims();
+        let np = self.np;
+        self.tensor(format!("out.adapter.{i}.delta_cls"), || {
+            branch.clone().narrow(1, 0, 1).reshape([b, d])
+        });
+        if t > 1 + np {
+            self.tensor(format!("out.adapter.{i}.delta_patch_mean"), || {
+                branch
+                    .clone()
+                    .narrow(1, 1 + np, t - 1 - np)
+                    .mean_dim(1)
+                    .reshape([b, d])
+            });
+        }
+    }
+
     /// The attention probabilities of the next block.
     pub fn attention_probs(&mut self, probs: Tensor<B, 4>) {
         if let Some(t) = self.trace.as_deref_mut() {

@@ -2,8 +2,9 @@
 //! history, written atomically (temporary file + rename) after every epoch.
 //!
 //! Parameter ids are renumbered in module order ([`renumber_params`]) so that the optimiser state,
-//! keyed by id, means the same thing in a new process. Only trainable tensors are saved: for a
-//! frozen ViT-B/16 that is a few hundred kilobytes, not the 344 MB backbone.
+//! keyed by id, means the same thing in a new process. Only trainable tensors are saved — for a
+//! frozen ViT-B/16 that is a few hundred kilobytes, not the 344 MB backbone — and the buffers that
+//! change while training (BatchNorm running statistics, `*.running_*`), by module path.
 
 use std::path::Path;
 
@@ -12,7 +13,7 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use vapt_vit::weights::{parse_safetensors, write_safetensors};
-use vapt_vit::{RawTensor, TensorMap};
+use vapt_vit::{named, RawTensor, TensorMap};
 
 use crate::error::TrainError;
 use crate::files::write_atomic;
@@ -43,6 +44,15 @@ fn key(id: ParamId) -> String {
     format!("param.{}", id.val())
 }
 
+/// Key prefix of a buffer in the state file (followed by its module path).
+const BUFFER: &str = "buffer.";
+
+/// The checkpoint key of the buffer at module path `path`, if it is one (running statistics).
+fn buffer_key(path: &str) -> Option<String> {
+    let leaf = path.rsplit('.').next().unwrap_or_default();
+    leaf.starts_with("running_").then(|| format!("{BUFFER}{path}"))
+}
+
 struct Collect {
     map: TensorMap,
 }
@@ -56,22 +66,22 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
     }
 }
 
-/// Trainable and total parameter counts of a module (trainable = requires a gradient).
+/// Trainable and total parameter counts of a module (trainable = requires a gradient); buffers
+/// (running statistics) are not parameters.
 pub fn count_params<B: Backend, M: Module<B>>(module: &M) -> (usize, usize) {
-    struct Count(usize, usize);
-    impl<B: Backend> ModuleVisitor<B> for Count {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let t = param.val();
-            let n = t.shape().num_elements();
-            self.1 += n;
-            if t.is_require_grad() {
-                self.0 += n;
-            }
+    let trainable: std::collections::HashSet<String> = named::trainable_paths(module).into_iter().collect();
+    let mut count = (0, 0);
+    for (path, shape) in named::shapes(module) {
+        if buffer_key(&path).is_some() {
+            continue;
+        }
+        let n: usize = shape.iter().product();
+        count.1 += n;
+        if trainable.contains(&path) {
+            count.0 += n;
         }
     }
-    let mut count = Count(0, 0);
-    module.visit(&mut count);
-    (count.0, count.1)
+    count
 }
 
 /// The trainable tensors, keyed `param.<id>`.
@@ -148,6 +158,9 @@ pub fn save<B: Backend, M: Module<B>, R: Record<B>>(
     write_atomic(&optim_path, &bytes)?;
 
     let mut map = trainable_tensors(module);
+    for (k, t) in named::read(module, buffer_key).tensors {
+        map.insert(k, t);
+    }
     map.metadata
         .insert("epochs_done".into(), meta.epochs_done.to_string());
     map.metadata.insert("optimizer".into(), optim_name.clone());
@@ -209,12 +222,19 @@ pub fn load<B: Backend, M: Module<B>, R: Record<B>>(
         trainable: 0,
     };
     let module = module.map(&mut restore);
-    if restore.restored != restore.trainable || map.tensors.len() != restore.trainable {
+    let saved = map.tensors.keys().filter(|k| !k.starts_with(BUFFER)).count();
+    if restore.restored != restore.trainable || saved != restore.trainable {
         restore.problems.push(format!(
-            "the model has {} trainable tensors, the checkpoint {} (restored {})",
-            restore.trainable,
-            map.tensors.len(),
-            restore.restored
+            "the model has {} trainable tensors, the checkpoint {saved} (restored {})",
+            restore.trainable, restore.restored
+        ));
+    }
+    let (module, buffers) = named::write(module, &map, buffer_key).map_err(|p| bad(p.join("; ")))?;
+    let expected = named::read(&module, buffer_key).tensors.len();
+    if buffers.len() != expected {
+        restore.problems.push(format!(
+            "the model has {expected} buffers, the checkpoint restored {}",
+            buffers.len()
         ));
     }
     if !restore.problems.is_empty() {

@@ -177,7 +177,11 @@ impl TrainConfig {
     pub fn label(&self) -> String {
         format!(
             "{}/{}-lr{}-wd{}-seed{}",
-            self.data.task, self.experts.method, self.optim.lr, self.optim.wd, self.seed
+            self.data.task,
+            self.experts.label(),
+            self.optim.lr,
+            self.optim.wd,
+            self.seed
         )
     }
 }

@@ -134,6 +134,27 @@ impl<B: Backend> Predictor<B> {
         Ok(Self { model, cfg, pre })
     }
 
+    /// Writes the run as one plain ViT ([`PromptedVit::merged_backbone`]: LoRA folded in,
+    /// partial-k / bias tensors in place, the head built in) to `path` as vapt's native
+    /// safetensors with the backbone's preprocessing. Never overwrites a file.
+    pub fn save_merged_backbone(&self, path: &Path) -> Result<(), TrainError> {
+        if path.exists() {
+            return Err(TrainError::Config {
+                path: path.to_path_buf(),
+                message: "already exists; vapt never overwrites a file, choose another output path".into(),
+            });
+        }
+        let merged = self.model.merged_backbone().map_err(|e| TrainError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let pre = PretrainedCfg {
+            source: format!("vapt {} merged into its backbone", self.model.config.label()),
+            ..self.pre.clone()
+        };
+        Ok(merged.save_safetensors(path, Some(&pre))?)
+    }
+
     /// Input side in pixels.
     pub fn image_size(&self) -> usize {
         self.model.backbone.config.image_size

@@ -16,7 +16,11 @@ use serde_json::Value;
 use vapt_vit::weights::read_any;
 use vapt_vit::{load_pretrained, LoadOptions, RawTensor, VitConfig};
 
-use vapt_experts::{expert_gradients, Activation, Method, PromptConfig, PromptedVit, Trace, VaptConfig};
+use vapt_experts::{
+    expert_gradients, Activation, AdapterConfig, LoraConfig, MethodSpec, PromptConfig, PromptedVit, Trace,
+    VaptConfig,
+};
+use vapt_vit::Projection;
 
 use crate::error::TrainError;
 use crate::loss::cross_entropy;
@@ -107,7 +111,7 @@ impl Fixture {
                 .unwrap_or("backbone.npz"),
         );
         let method_name = field(&cfg, &path, "method")?.as_str().unwrap_or_default();
-        let method: Method =
+        let spec: MethodSpec =
             method_name
                 .parse()
                 .map_err(|source: vapt_experts::ConfigError| TrainError::Config {
@@ -143,14 +147,38 @@ impl Fixture {
                 .unwrap_or(defaults.norm_eps),
             ..defaults
         };
-        let prompt = PromptConfig {
-            method,
+        let base = PromptConfig::default();
+        let mut prompt = PromptConfig {
             num_prompts: n("num_prompts", 0),
             prompt_dropout: 0.0,
             num_classes: u("num_classes")?,
             vapt,
+            partial_blocks: n("partial_blocks", base.partial_blocks),
+            // The authors' MLP_NUM counts the hidden layers.
+            mlp_layers: opt(&cfg, "mlp_num")
+                .and_then(Value::as_u64)
+                .map(|h| h as usize + 1)
+                .unwrap_or_else(|| n("mlp_layers", base.mlp_layers)),
+            adapter: AdapterConfig {
+                reduction: n("reduction_factor", base.adapter.reduction),
+                ..base.adapter.clone()
+            },
+            lora: lora_knobs(&cfg, &path, base.lora.clone())?,
+            ..base
+        };
+        prompt.set_method(spec);
+        let prompt = prompt.without_dropout();
+        if let Some(dim) = opt(&cfg, "adapter_dim").and_then(Value::as_u64) {
+            if prompt.adapter.dim(vit.hidden) != dim as usize {
+                return Err(TrainError::Config {
+                    path: path.clone(),
+                    message: format!(
+                        "adapter_dim {dim} is not hidden {} / reduction_factor {}",
+                        vit.hidden, prompt.adapter.reduction
+                    ),
+                });
+            }
         }
-        .without_dropout();
         prompt.validate(&vit).map_err(|source| TrainError::Config {
             path: path.clone(),
             message: source.to_string(),
@@ -192,6 +220,32 @@ impl Fixture {
     fn tolerance(&self, name: &str) -> Option<&ToleranceRule> {
         self.tolerances.iter().find(|r| name.starts_with(&r.prefix))
     }
+}
+
+/// LoRA knobs of a fixture (`lora_rank`, `lora_alpha`, `lora_targets`), over `base`.
+fn lora_knobs(cfg: &Value, path: &Path, base: LoraConfig) -> Result<LoraConfig, TrainError> {
+    let bad = |message: String| TrainError::Config {
+        path: path.to_path_buf(),
+        message,
+    };
+    let targets = match opt(cfg, "lora_targets").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .map(|t| t.as_str().unwrap_or_default().parse::<Projection>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("field `lora_targets`: {e}")))?,
+        None => base.targets,
+    };
+    Ok(LoraConfig {
+        rank: opt(cfg, "lora_rank")
+            .and_then(Value::as_u64)
+            .map_or(base.rank, |r| r as usize),
+        alpha: opt(cfg, "lora_alpha")
+            .and_then(Value::as_f64)
+            .unwrap_or(base.alpha),
+        targets,
+        dropout: 0.0,
+    })
 }
 
 /// The comparison of one tensor.

@@ -137,7 +137,15 @@ pub fn read_result(dir: &Path) -> Result<Option<RunResult>, TrainError> {
     read_json(&path, "vapt result").map(Some)
 }
 
-fn diff_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+/// The differences between two JSON values, one per leaf: `optim.epochs: 100 → 3` (a key only
+/// on one side: `key: absent → value`).
+pub(crate) fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    diff(old, new, "", &mut out);
+    out
+}
+
+fn diff(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
     match (a, b) {
         (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
             let keys: std::collections::BTreeSet<_> = x.keys().chain(y.keys()).collect();
@@ -147,13 +155,11 @@ fn diff_keys(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &m
                 } else {
                     format!("{prefix}.{k}")
                 };
-                match (x.get(k), y.get(k)) {
-                    (Some(u), Some(v)) => diff_keys(u, v, &p, out),
-                    _ => out.push(p),
-                }
+                let absent = serde_json::Value::String("absent".into());
+                diff(x.get(k).unwrap_or(&absent), y.get(k).unwrap_or(&absent), &p, out);
             }
         }
-        _ if a != b => out.push(prefix.to_string()),
+        _ if a != b => out.push(format!("{prefix}: {a} → {b}")),
         _ => {}
     }
 }
@@ -175,12 +181,11 @@ pub fn prepare(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
             return Err(TrainError::Unfinished { dir: dir.clone() });
         }
         let theirs: serde_json::Value = read_json(&config_path, "run configuration")?;
-        let mut keys = Vec::new();
-        diff_keys(&theirs, &ours, "", &mut keys);
+        let keys = differences(&theirs, &ours);
         if !keys.is_empty() {
             return Err(TrainError::ConfigMismatch {
                 path: config_path,
-                keys: keys.join(", "),
+                keys: keys.join("; "),
             });
         }
         return Ok(());

@@ -218,7 +218,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
         self.finish(&model)
     }
 
-    /// The training and evaluation loaders: over cached features for a linear probe with a
+    /// The training and evaluation loaders: over cached features when only the head trains
+    /// (linear and MLP probes) with a
     /// deterministic transform (`VAPT_NO_FEATURE_CACHE=1` turns this off, to check that both
     /// paths agree), over images otherwise.
     fn loaders(
@@ -230,7 +231,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
     ) -> Result<(Loader, Loader), TrainError> {
         let (batch, seed) = (self.cfg.optim.batch_size, self.cfg.seed);
         let cache = std::env::var_os("VAPT_NO_FEATURE_CACHE").is_none()
-            && self.cfg.experts.method == Method::Linear
+            && self.cfg.experts.method.head_only()
             && !train.transform.is_random()
             && epochs_left;
         if !cache {
@@ -240,7 +241,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             ));
         }
         self.monitor
-            .message("linear probe: computing the frozen backbone's features once");
+            .message("head-only training: computing the frozen backbone's features once");
         let t0 = Instant::now();
         let inner = model.valid();
         let features =
@@ -347,7 +348,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             status,
             failure,
             task: self.cfg.data.task.clone(),
-            method: self.cfg.experts.method.to_string(),
+            method: self.cfg.experts.label(),
             eval_split: self.cfg.data.eval_split.clone(),
             eval_top1: if ok {
                 last.and_then(|r| r.eval_top1).unwrap_or(0.0)

@@ -8,6 +8,8 @@
 //! * [`Vit`] — the model. [`Vit::embed`] → run [`Vit::blocks`] one at a time on a sequence you
 //!   control (optionally with [`Block::forward_with_attention`]) → [`Vit::forward_head`]. Its
 //!   operations are [`vapt_kernels`]' (fused on the CPU, Burn's ops elsewhere).
+//! * [`BlockDelta`] (`delta.rs`) — what a method adds inside a block (LoRA on a [`Projection`],
+//!   an adapter on the MLP output), run through [`Block::run`].
 //! * [`weights`] — Google npz, timm safetensors and native safetensors loaders as rename tables onto
 //!   the native layout; every mismatch is reported at once, naming the file. [`load_pretrained`]
 //!   is the one-call entry point, [`BackboneConfig`] the one a run configuration holds.
@@ -16,13 +18,15 @@
 
 pub mod backbone;
 pub mod config;
+pub mod delta;
 pub mod model;
 pub mod pretrained;
 pub mod weights;
 
 pub use backbone::BackboneConfig;
 pub use config::{standard_heads, BackboneKind, Pool, Variant, VariantError, VitConfig, VARIANTS};
-pub use model::{Attention, Block, Mlp, PatchEmbed, Vit};
+pub use delta::{BlockDelta, NoDelta, Projection};
+pub use model::{Attention, Block, Mlp, PatchEmbed, Rows, Vit};
 pub use pretrained::{PretrainedCfg, IMAGENET_MEAN, IMAGENET_STD};
 pub use vapt_kernels;
 pub use weights::named;

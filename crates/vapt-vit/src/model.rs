@@ -16,6 +16,22 @@ use burn::tensor::{Distribution, Tensor};
 use vapt_kernels::nn::{Dropout, LayerNorm, Linear};
 
 use crate::config::{Pool, VitConfig};
+use crate::delta::{BlockDelta, NoDelta, Projection};
+
+/// `linear(x)` plus what `delta` adds to projection `p` for the input `x`.
+fn project<B: Backend>(
+    linear: &Linear<B>,
+    p: Projection,
+    x: Tensor<B, 3>,
+    delta: &dyn BlockDelta<B>,
+) -> Tensor<B, 3> {
+    let extra = delta.projection(p, &x);
+    let y = linear.forward(x);
+    match extra {
+        Some(e) => y + e,
+        None => y,
+    }
+}
 
 /// Patch embedding: a p×p, stride-p convolution written as unfold + matmul.
 ///
@@ -70,28 +86,31 @@ impl<B: Backend> Attention<B> {
     /// `[B, T, D]` → `[B, T, D]`; with `keep_probs`, also the softmax probabilities `[B, H, T, T]`
     /// (before attention dropout).
     pub fn forward(&self, x: Tensor<B, 3>, keep_probs: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        self.attend(x.clone(), x, keep_probs)
+        self.attend(x.clone(), x, keep_probs, &NoDelta)
     }
 
     /// Attention of the tokens `queries` `[B, Tq, D]` over the sequence `x` `[B, T, D]` (keys and
     /// values): `[B, Tq, D]`. With `queries` a subset of `x`'s rows it equals those rows of
     /// [`Self::forward`].
     pub fn forward_queries(&self, queries: Tensor<B, 3>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.attend(queries, x, false).0
+        self.attend(queries, x, false, &NoDelta).0
     }
 
-    fn attend(
+    /// Attention of `queries` over `x` with `delta`'s additions to the four projections; with
+    /// `keep_probs`, also the probabilities.
+    pub fn attend(
         &self,
         queries: Tensor<B, 3>,
         x: Tensor<B, 3>,
         keep_probs: bool,
+        delta: &dyn BlockDelta<B>,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let h = self.heads;
         let hd = x.dims()[2] / h;
         let scale = 1.0 / (hd as f32).sqrt();
-        let q = self.query.forward(queries);
-        let k = self.key.forward(x.clone());
-        let v = self.value.forward(x);
+        let q = project(&self.query, Projection::Query, queries, delta);
+        let k = project(&self.key, Projection::Key, x.clone(), delta);
+        let v = project(&self.value, Projection::Value, x, delta);
         let dropout_active = self.attn_drop.prob != 0.0 && B::ad_enabled(&q.device());
         let (ctx, kept) = if keep_probs || dropout_active {
             // softmax(q·kᵀ / √hd) as its own tensor, to keep and/or drop out.
@@ -103,7 +122,8 @@ impl<B: Backend> Attention<B> {
             // The same maths as one fused op (the probabilities are neither kept nor dropped).
             (vapt_kernels::attention(q, k, v, h, scale), None)
         };
-        (self.proj_drop.forward(self.out.forward(ctx)), kept)
+        let out = project(&self.out, Projection::Out, ctx, delta);
+        (self.proj_drop.forward(out), kept)
     }
 }
 
@@ -121,9 +141,28 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[.., D]` → `[.., D]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.drop.forward(vapt_kernels::gelu(self.fc1.forward(x)));
-        self.drop.forward(self.fc2.forward(x))
+        self.forward_delta(x, &NoDelta)
     }
+
+    /// [`Self::forward`] with `delta`'s additions to `fc1` and `fc2` (not its MLP-output hook,
+    /// which the block applies).
+    pub fn forward_delta(&self, x: Tensor<B, 3>, delta: &dyn BlockDelta<B>) -> Tensor<B, 3> {
+        let x = self
+            .drop
+            .forward(vapt_kernels::gelu(project(&self.fc1, Projection::Fc1, x, delta)));
+        self.drop.forward(project(&self.fc2, Projection::Fc2, x, delta))
+    }
+}
+
+/// Which rows a block computes, and whether it keeps its attention probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Every token.
+    All,
+    /// Every token, keeping the attention probabilities `[B, H, T, T]`.
+    AllWithAttention,
+    /// The first token (CLS) only, `[B, 1, D]`: what a last block needs when only CLS goes on.
+    ClsOnly,
 }
 
 /// One pre-LN transformer block.
@@ -142,12 +181,12 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     /// Runs the block on `[B, T, D]` tokens.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_impl(x, false).0
+        self.run(x, Rows::All, &NoDelta).0
     }
 
     /// Runs the block and also returns its attention probabilities `[B, H, T, T]`.
     pub fn forward_with_attention(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 4>) {
-        let (x, probs) = self.forward_impl(x, true);
+        let (x, probs) = self.run(x, Rows::AllWithAttention, &NoDelta);
         let probs = probs.unwrap_or_else(|| unreachable!("attention asked to keep its probabilities"));
         (x, probs)
     }
@@ -156,18 +195,33 @@ impl<B: Backend> Block<B> {
     /// row of [`Self::forward`], without computing the other rows' queries, output projection and
     /// MLP. What a last block needs when only CLS goes on to the head.
     pub fn forward_cls(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let y = self.norm1.forward(x.clone());
-        let cls = |t: Tensor<B, 3>| vapt_kernels::narrow_tokens(t, 0, 1);
-        let a = self.attn.forward_queries(cls(y.clone()), y);
-        let x = cls(x) + a;
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        self.run(x, Rows::ClsOnly, &NoDelta).0
     }
 
-    fn forward_impl(&self, x: Tensor<B, 3>, keep: bool) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
-        let (a, probs) = self.attn.forward(self.norm1.forward(x.clone()), keep);
-        let x = x + a;
-        let x = x.clone() + self.mlp.forward(self.norm2.forward(x));
-        (x, probs)
+    /// The block on `[B, T, D]` tokens computing `rows`, with what `delta` adds inside it: the
+    /// output, and the attention probabilities when `rows` keeps them.
+    pub fn run(
+        &self,
+        x: Tensor<B, 3>,
+        rows: Rows,
+        delta: &dyn BlockDelta<B>,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let y = self.norm1.forward(x.clone());
+        let (x, probs) = match rows {
+            Rows::ClsOnly => {
+                let cls = |t: Tensor<B, 3>| vapt_kernels::narrow_tokens(t, 0, 1);
+                let (a, _) = self.attn.attend(cls(y.clone()), y, false, delta);
+                (cls(x) + a, None)
+            }
+            _ => {
+                let (a, probs) = self
+                    .attn
+                    .attend(y.clone(), y, rows == Rows::AllWithAttention, delta);
+                (x + a, probs)
+            }
+        };
+        let m = delta.mlp_output(self.mlp.forward_delta(self.norm2.forward(x.clone()), delta));
+        (x + m, probs)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runs the `vapt` binary as a user would: commands and their errors here, the parity fixtures in
 //! `parity`, training runs and sweeps in `runs`.
 
+mod cluster;
 mod parity;
 mod runs;
 
@@ -189,6 +190,38 @@ fn params_reports_the_papers_counts() {
     assert_eq!(v["trainable"], 768 * 100 + 100);
     let v = params_json(&["--variant", "B/16", "--method", "full", "--classes", "0"]);
     assert_eq!(v["trainable"], 85_798_656);
+    // The comparison rows, head excluded (the authors' counts; LoRA as peft counts it: r·(in+out)
+    // per target, q and v in 12 blocks).
+    for (method, extra, count) in [
+        ("partial-1", &[][..], 7_089_408),
+        ("partial-2", &[], 14_177_280),
+        ("partial", &["--partial-blocks", "4"][..], 28_353_024),
+        ("bias", &[], 102_912),
+        ("adapter", &["--reduction", "8"], 1_779_840),
+        ("vpt-deep+bias", &["--prompts", "10"], 195_072),
+        ("lora", &["--lora-rank", "8"], 12 * 2 * 8 * (768 + 768)),
+        (
+            "lora",
+            &["--lora-rank", "4", "--lora-targets", "q,k,v,o,fc1,fc2"],
+            12 * 4 * (4 * 1536 + 2 * (768 + 3072)),
+        ),
+        ("mlp-3", &[], 2 * (768 * 768 + 3 * 768)),
+    ] {
+        let mut args = vec!["--variant", "B/16", "--method", method, "--classes", "0"];
+        args.extend_from_slice(extra);
+        let v = params_json(&args);
+        assert_eq!(v["trainable"], count, "{method} {extra:?}");
+        // The backbone's own trained tensors (partial, bias) count once, in the backbone row.
+        let modules = v["modules"].as_array().unwrap();
+        let row = |name: &str| {
+            modules
+                .iter()
+                .find(|m| m["module"] == name)
+                .map(|m| m["trainable"].clone())
+        };
+        let in_backbone = row("backbone").and_then(|t| t.as_u64()).unwrap() as usize;
+        assert_eq!(v["total"], 85_798_656 + count - in_backbone, "{method}");
+    }
     // The self-supervised backbones (the authors' MAE / MoCo v3 classes).
     for kind in ["mae", "moco-v3"] {
         for (method, count) in [("vapt", 55_608), ("vpt-deep", 92_160)] {

@@ -35,6 +35,7 @@ fn parity_passes_on_cpu_for_every_fixture() {
         "c_vapt_default",
         "g_mae_vapt",
         "h_moco_vapt",
+        "k_adapter",
     ] {
         eprintln!("cpu {name}: {}", parity_cli("cpu", name));
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::vapt;
 
-fn tiny_train_args(root: &std::path::Path) -> Vec<String> {
+pub(crate) fn tiny_train_args(root: &std::path::Path) -> Vec<String> {
     [
         "train",
         "--plain",
@@ -41,7 +41,7 @@ fn run_ok(args: &[String]) -> String {
     stdout
 }
 
-fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
+pub(crate) fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -136,46 +136,118 @@ fn train_writes_a_complete_run_folder_and_the_loss_falls() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
 }
 
+/// For a prompt method, an MLP head (whose BatchNorm running statistics the checkpoint keeps) and
+/// LoRA.
 #[test]
 fn a_stopped_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     vapt_tests::write_tiny_vtab(tmp.path(), 6);
-    let base = tiny_train_args(tmp.path());
-    let with = |out: &std::path::Path, extra: &[&str]| {
-        let mut a = base.clone();
-        a.extend(["--epochs", "3", "--warmup", "1", "--out", out.to_str().unwrap()].map(String::from));
-        a.extend(extra.iter().map(|s| s.to_string()));
-        a
-    };
-    let whole = tmp.path().join("whole");
-    run_ok(&with(&whole, &[]));
-    let split = tmp.path().join("split");
-    let first = run_ok(&with(&split, &["--stop-after", "1"]));
-    assert!(first.contains("stopped after 1 epochs"), "{first}");
-    assert!(!split.join("result.json").exists());
-    assert_eq!(metrics(&split).len(), 1);
-    let refused = vapt().args(with(&split, &[])).output().unwrap();
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
-    // `--resume --out DIR` alone picks up the run's own configuration.
-    run_ok(&[
-        "train".into(),
-        "--plain".into(),
-        "--out".into(),
-        split.to_str().unwrap().into(),
-        "--resume".into(),
-    ]);
-    assert_eq!(metrics(&whole), metrics(&split), "metrics differ after resume");
-    let a = vapt_tests::read_safetensors(&whole.join("prompts.safetensors"));
-    let b = vapt_tests::read_safetensors(&split.join("prompts.safetensors"));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-    for (k, t) in &a {
-        assert!(t.values == b[k].values, "{k} differs after resume");
+    for (name, method) in [
+        ("vapt", &[][..]),
+        ("mlp", &["--method", "mlp-2"][..]),
+        ("lora", &["--method", "lora", "--lora-rank", "2"][..]),
+    ] {
+        let mut base = tiny_train_args(tmp.path());
+        base.extend(method.iter().map(|s| s.to_string()));
+        let with = |out: &std::path::Path, extra: &[&str]| {
+            let mut a = base.clone();
+            a.extend(["--epochs", "3", "--warmup", "1", "--out", out.to_str().unwrap()].map(String::from));
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a
+        };
+        let whole = tmp.path().join(format!("{name}-whole"));
+        run_ok(&with(&whole, &[]));
+        let split = tmp.path().join(format!("{name}-split"));
+        let first = run_ok(&with(&split, &["--stop-after", "1"]));
+        assert!(first.contains("stopped after 1 epochs"), "{first}");
+        assert!(!split.join("result.json").exists());
+        assert_eq!(metrics(&split).len(), 1);
+        let refused = vapt().args(with(&split, &[])).output().unwrap();
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+        // `--resume --out DIR` alone picks up the run's own configuration.
+        run_ok(&[
+            "train".into(),
+            "--plain".into(),
+            "--out".into(),
+            split.to_str().unwrap().into(),
+            "--resume".into(),
+        ]);
+        assert_eq!(
+            metrics(&whole),
+            metrics(&split),
+            "{name}: metrics differ after resume"
+        );
+        let a = vapt_tests::read_safetensors(&whole.join("prompts.safetensors"));
+        let b = vapt_tests::read_safetensors(&split.join("prompts.safetensors"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (k, t) in &a {
+            assert!(t.values == b[k].values, "{name}: {k} differs after resume");
+        }
+        assert!(
+            std::fs::read(whole.join("prompts.safetensors")).unwrap()
+                == std::fs::read(split.join("prompts.safetensors")).unwrap(),
+            "{name}: artifact bytes differ (the writer must be deterministic)"
+        );
     }
+}
+
+/// `vapt merge` turns a LoRA run into one plain ViT (head built in) that `inspect` reads; it never
+/// overwrites, and refuses a prompt run with a clear error.
+#[test]
+fn merge_writes_a_plain_vit_from_a_lora_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    vapt_tests::write_tiny_vtab(tmp.path(), 4);
+    let train = |out: &std::path::Path, method: &str| {
+        let mut a = tiny_train_args(tmp.path());
+        a.extend(
+            [
+                "--method",
+                method,
+                "--epochs",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                out.to_str().unwrap(),
+            ]
+            .map(String::from),
+        );
+        run_ok(&a);
+    };
+    let run = tmp.path().join("lora");
+    train(&run, "lora");
+    let merged = tmp.path().join("merged.safetensors");
+    let said = run_ok(&[
+        "merge".into(),
+        run.to_str().unwrap().into(),
+        "--out".into(),
+        merged.to_str().unwrap().into(),
+    ]);
     assert!(
-        std::fs::read(whole.join("prompts.safetensors")).unwrap()
-            == std::fs::read(split.join("prompts.safetensors")).unwrap(),
-        "artifact bytes differ (the writer must be deterministic)"
+        said.contains("lora merged") && said.contains("2-class head"),
+        "{said}"
     );
+    let inspected = run_ok(&["inspect".into(), merged.to_str().unwrap().into()]);
+    assert!(
+        inspected.contains("vapt native safetensors") && inspected.contains("head.weight"),
+        "the built-in head is listed: {inspected}"
+    );
+    let again = crate::fails_with(
+        vapt().arg("merge").arg(&run).arg("--out").arg(&merged),
+        "already exists",
+    );
+    assert!(!again.contains("panicked"));
+    let vpt = tmp.path().join("vpt");
+    train(&vpt, "vpt-deep");
+    crate::fails_with(
+        vapt()
+            .arg("merge")
+            .arg(&vpt)
+            .arg("--out")
+            .arg(tmp.path().join("no.safetensors")),
+        "prompt tokens",
+    );
+    assert!(!tmp.path().join("no.safetensors").exists());
 }
 
 #[test]

@@ -90,12 +90,13 @@ impl Layout {
     }
 
     /// File keys this layout may hold but vapt never loads for a backbone of `kind`
-    /// (pre-training heads; MAE's final norm): listed, not fatal.
+    /// (pre-training heads; MAE's final norm; the head `vapt merge` builds into a native file):
+    /// listed, not fatal.
     pub fn ignored(self, key: &str, kind: BackboneKind) -> bool {
         match self {
             Layout::Google => google::ignored(key),
             Layout::Timm => timm::ignored(key, kind),
-            Layout::Native => false,
+            Layout::Native => key.starts_with("head."),
         }
     }
 

@@ -183,6 +183,48 @@ pub fn write<B: Backend, M: Module<B>>(
     }
 }
 
+/// Sets every parameter's gradient requirement to `trains(path)`: how a method unfreezes part of
+/// a frozen module (the last blocks, every bias).
+pub fn set_trainable<B: Backend, M: Module<B>>(module: M, trains: impl Fn(&str) -> bool) -> M {
+    struct Trainable<F> {
+        path: Path,
+        trains: F,
+    }
+    impl<B: Backend, F: Fn(&str) -> bool> ModuleMapper<B> for Trainable<F> {
+        track_path!();
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let on = (self.trains)(&self.path.current());
+            param.set_require_grad(on)
+        }
+    }
+    module.map(&mut Trainable {
+        path: Path::default(),
+        trains,
+    })
+}
+
+/// The paths of the parameters that require a gradient, in module order.
+pub fn trainable_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
+    struct Trainable {
+        path: Path,
+        out: Vec<String>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Trainable {
+        track_path!();
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.is_require_grad() {
+                self.out.push(self.path.current());
+            }
+        }
+    }
+    let mut v = Trainable {
+        path: Path::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
