@@ -35,6 +35,7 @@ fn opts(out: &Path, resume: bool, stop_after: Option<usize>) -> RunOptions {
         resume,
         stop_after,
         device_label: "cpu".into(),
+        allow_changed: Vec::new(),
     }
 }
 

@@ -129,6 +129,20 @@ pub fn write_tiny_vtab(root: &std::path::Path, per_class: usize) -> PathBuf {
     dir
 }
 
+/// A tiny timm-layout backbone file (ViT D32-L2-H2-M64-P4 for 16-pixel images, no head) with
+/// values from a formula, each moved by `shift` (two shifts: two different backbones).
+pub fn write_tiny_weights(path: &std::path::Path, shift: f32) {
+    let cfg = vapt_vit::VitConfig::new(32, 2, 2, 64, 4).with_image_size(16);
+    let mut map = vapt_vit::TensorMap::new(path);
+    for (k, mut t) in torch::timm_state_dict(&cfg) {
+        for v in &mut t.data {
+            *v += shift;
+        }
+        map.insert(k, t);
+    }
+    vapt_vit::weights::write_safetensors(path, &map).expect("write tiny weights");
+}
+
 #[cfg(test)]
 mod tests {
     use sha2::{Digest, Sha256};

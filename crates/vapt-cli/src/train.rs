@@ -153,9 +153,14 @@ pub struct TrainArgs {
     /// uses the run's own config.json; settings that differ from it are refused.
     #[arg(long)]
     pub resume: bool,
-    /// Stop (resumably) after this many epochs, e.g. to fit a job's time slot.
-    #[arg(long, value_name = "EPOCHS")]
-    pub stop_after: Option<usize>,
+    /// With --resume: accept that the backbone file (`weights`) or the data (`data`) changed
+    /// since the run started, e.g. after moving them (their SHA-256 must otherwise match the
+    /// checkpoint's). Recorded in result.json.
+    #[arg(long, value_delimiter = ',', requires = "resume", value_parser = ["weights", "data"])]
+    pub allow_changed: Vec<String>,
+    /// Stop (resumably) after this many epochs (at least 1), e.g. to fit a job's time slot.
+    #[arg(long, value_name = "EPOCHS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_after: Option<u64>,
     /// Plain progress lines even in a terminal (no dashboard).
     #[arg(long)]
     pub plain: bool,
@@ -174,6 +179,12 @@ impl Job for TrainJob {
             let saved = out.join(CONFIG_FILE);
             if saved.is_file() {
                 args.run.config = Some(saved);
+            } else if args.run.resolve().is_err() {
+                anyhow::bail!(
+                    "{}: nothing to resume here (no {CONFIG_FILE}: the run never got past \
+                     loading its weights and data); start it again with its flags, without --resume",
+                    out.display()
+                );
             }
         }
         let cfg = args.run.resolve()?;
@@ -184,8 +195,9 @@ impl Job for TrainJob {
         let opts = RunOptions {
             out: out.clone(),
             resume: args.resume,
-            stop_after: args.stop_after,
+            stop_after: args.stop_after.map(|k| k as usize),
             device_label: spec.to_string(),
+            allow_changed: args.allow_changed.clone(),
         };
         let mut m = monitor::auto(args.plain);
         let outcome = vapt_train::train::<B>(&cfg, &opts, &device, m.as_mut());

@@ -12,7 +12,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Record, Recorder};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use vapt_vit::weights::{parse_safetensors, write_safetensors};
+use vapt_vit::weights::{parse_safetensors, safetensors_bytes};
 use vapt_vit::{named, RawTensor, TensorMap};
 
 use crate::error::TrainError;
@@ -126,6 +126,49 @@ impl<B: Backend> ModuleMapper<B> for Restore<'_> {
     }
 }
 
+/// What a run is, as far as a checkpoint must match it to be resumed: the configuration (hash
+/// of `config.json`'s content), the backbone file and the data manifest (SHA-256, where known).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    /// SHA-256 of the run's configuration as JSON.
+    pub config_sha256: String,
+    /// SHA-256 of the backbone weights file.
+    pub weights_sha256: Option<String>,
+    /// SHA-256 of the data manifest.
+    pub data_sha256: Option<String>,
+}
+
+impl Identity {
+    const KEYS: [&'static str; 3] = ["config_sha256", "weights_sha256", "data_sha256"];
+
+    fn values(&self) -> [String; 3] {
+        let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        [
+            self.config_sha256.clone(),
+            o(&self.weights_sha256),
+            o(&self.data_sha256),
+        ]
+    }
+
+    /// `weights`, `data`, `config`: what differs between `self` (the checkpoint's) and `now`.
+    pub fn differences(&self, now: &Identity) -> Vec<(&'static str, String, String)> {
+        let names = ["config", "weights", "data"];
+        self.values()
+            .into_iter()
+            .zip(now.values())
+            .zip(names)
+            .filter(|((a, b), _)| a != b)
+            .map(|((a, b), n)| (n, a, b))
+            .collect()
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What a checkpoint holds besides tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointMeta {
@@ -135,11 +178,34 @@ pub struct CheckpointMeta {
     pub history: String,
     /// Wall seconds spent so far (summed over sessions).
     pub wall_seconds: f64,
+    /// The run it belongs to.
+    pub identity: Identity,
+}
+
+/// The previous checkpoint, kept so that a damaged newest one can fall back to it.
+pub const PREVIOUS_FILE: &str = "state.prev.safetensors";
+
+/// SHA-256 over the tensors (names, shapes, values) of a state map.
+fn tensors_sha256(map: &TensorMap) -> String {
+    let mut bytes = Vec::new();
+    for (k, t) in &map.tensors {
+        bytes.extend_from_slice(k.as_bytes());
+        for d in &t.shape {
+            bytes.extend_from_slice(&(*d as u64).to_le_bytes());
+        }
+        for v in &t.data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    sha256_hex(&bytes)
 }
 
 /// Saves a checkpoint after `meta.epochs_done` epochs into `dir`: the optimiser state first
 /// (`optim-<epoch>.bin`), then the trainable tensors and `meta` (`state.safetensors`, the commit
-/// point), then removes older optimiser files. A kill at any moment leaves a consistent pair.
+/// point; the one before it becomes `state.prev.safetensors`), then removes older optimiser
+/// files. The state file carries checksums of its tensors and of the optimiser file, and the
+/// run's identity; every write is atomic and durable. A kill at any moment leaves a consistent
+/// newest or previous pair.
 pub fn save<B: Backend, M: Module<B>, R: Record<B>>(
     dir: &Path,
     module: &M,
@@ -161,50 +227,157 @@ pub fn save<B: Backend, M: Module<B>, R: Record<B>>(
     for (k, t) in named::read(module, buffer_key).tensors {
         map.insert(k, t);
     }
-    map.metadata
-        .insert("epochs_done".into(), meta.epochs_done.to_string());
-    map.metadata.insert("optimizer".into(), optim_name.clone());
-    map.metadata.insert("history".into(), meta.history.clone());
-    map.metadata
-        .insert("wall_seconds".into(), meta.wall_seconds.to_string());
-    // Atomic (temporary file + rename): the commit point of the checkpoint.
-    write_safetensors(&dir.join(STATE_FILE), &map)?;
+    let m = &mut map.metadata;
+    m.insert("epochs_done".into(), meta.epochs_done.to_string());
+    m.insert("optimizer".into(), optim_name.clone());
+    m.insert("optimizer_bytes".into(), bytes.len().to_string());
+    m.insert("optimizer_sha256".into(), sha256_hex(&bytes));
+    m.insert("history".into(), meta.history.clone());
+    m.insert("wall_seconds".into(), meta.wall_seconds.to_string());
+    for (k, v) in Identity::KEYS.iter().zip(meta.identity.values()) {
+        m.insert(k.to_string(), v);
+    }
+    map.metadata.insert("tensors_sha256".into(), tensors_sha256(&map));
+    let state = dir.join(STATE_FILE);
+    let encoded = safetensors_bytes(&state, &map)?;
+    if state.is_file() {
+        let prev = dir.join(PREVIOUS_FILE);
+        std::fs::rename(&state, &prev).map_err(|e| TrainError::io(&prev, e))?;
+    }
+    // The commit point of the checkpoint.
+    write_atomic(&state, &encoded)?;
 
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with("optim-") && name != optim_name {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+    // Keep the optimiser files of the newest and the previous state.
+    let mut optims: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    let n = name.strip_prefix("optim-")?.strip_suffix(".bin")?.parse().ok()?;
+                    Some((n, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    optims.sort();
+    let keep = optims.len().saturating_sub(2);
+    for (_, p) in optims.into_iter().take(keep) {
+        let _ = std::fs::remove_file(p);
     }
     Ok(())
 }
 
-/// Loads the checkpoint in `dir` (if any) into `module`; returns the module, the optimiser record
-/// and the metadata. `Ok(None)` when there is no checkpoint.
-#[allow(clippy::type_complexity)]
+/// A checkpoint read back and verified.
+pub struct Loaded<M, R> {
+    /// The module with the checkpoint's tensors.
+    pub module: M,
+    /// The optimiser record.
+    pub record: R,
+    /// Epochs, history, identity.
+    pub meta: CheckpointMeta,
+    /// Set when the newest state was damaged and the previous one was used: why.
+    pub fell_back: Option<String>,
+}
+
+/// Loads the checkpoint in `dir` (if any) into `module`, verifying it first: the state file's
+/// tensor checksum, the optimiser file's size and checksum, the run identity (`expected`; a
+/// field named in `allow_changed` — `weights`, `data` — may differ), the tensor names and
+/// shapes. Burn's record decoder runs only on verified bytes, and a panic in it is an error. A
+/// damaged newest state falls back to the previous one (said in `fell_back`); a checkpoint of
+/// another run is refused. `Ok(None)` when there is no checkpoint.
 pub fn load<B: Backend, M: Module<B>, R: Record<B>>(
     dir: &Path,
     module: M,
     device: &B::Device,
-) -> Result<Option<(M, R, CheckpointMeta)>, TrainError> {
-    let state = dir.join(STATE_FILE);
-    if !state.is_file() {
+    expected: &Identity,
+    allow_changed: &[String],
+) -> Result<Option<Loaded<M, R>>, TrainError> {
+    let newest = dir.join(STATE_FILE);
+    let previous = dir.join(PREVIOUS_FILE);
+    if !newest.is_file() && !previous.is_file() {
         return Ok(None);
     }
+    let mut damage = None;
+    for state in [&newest, &previous] {
+        if !state.is_file() {
+            continue;
+        }
+        match load_state::<B, M, R>(state, dir, module.clone(), device, expected, allow_changed) {
+            Ok((module, record, meta)) => {
+                return Ok(Some(Loaded {
+                    module,
+                    record,
+                    meta,
+                    fell_back: damage
+                        .map(|e: TrainError| format!("{e}; resumed from the previous checkpoint instead")),
+                }))
+            }
+            // Another run's checkpoint: the previous one is of the same run, so no fallback.
+            Err(e @ TrainError::ForeignCheckpoint { .. }) => return Err(e),
+            Err(e) if damage.is_none() => damage = Some(e),
+            Err(e) => {
+                return Err(TrainError::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "no usable checkpoint: {}; and the previous one: {e}",
+                        damage.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                })
+            }
+        }
+    }
+    Err(damage.unwrap_or_else(|| TrainError::Checkpoint {
+        path: dir.to_path_buf(),
+        message: "no usable checkpoint".into(),
+    }))
+}
+
+#[allow(clippy::type_complexity)]
+fn load_state<B: Backend, M: Module<B>, R: Record<B>>(
+    state: &Path,
+    dir: &Path,
+    module: M,
+    device: &B::Device,
+    expected: &Identity,
+    allow_changed: &[String],
+) -> Result<(M, R, CheckpointMeta), TrainError> {
     let bad = |message: String| TrainError::Checkpoint {
-        path: state.clone(),
+        path: state.to_path_buf(),
         message,
     };
-    let bytes = std::fs::read(&state).map_err(|e| TrainError::io(&state, e))?;
-    let map = parse_safetensors(&state, &bytes)?;
+    let bytes = std::fs::read(state).map_err(|e| TrainError::io(state, e))?;
+    let map = parse_safetensors(state, &bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
     let meta_of = |k: &str| {
         map.metadata
             .get(k)
             .cloned()
-            .ok_or_else(|| bad(format!("no `{k}` metadata")))
+            .ok_or_else(|| bad(format!("no `{k}` metadata (not a vapt checkpoint, or damaged)")))
     };
+    let mut unsummed = map.clone();
+    unsummed.metadata.remove("tensors_sha256");
+    if meta_of("tensors_sha256")? != tensors_sha256(&unsummed) {
+        return Err(bad(
+            "its tensors do not match their checksum (the file is damaged)".into(),
+        ));
+    }
+    let saved = Identity {
+        config_sha256: meta_of("config_sha256")?,
+        weights_sha256: Some(meta_of("weights_sha256")?).filter(|v| v != "none"),
+        data_sha256: Some(meta_of("data_sha256")?).filter(|v| v != "none"),
+    };
+    let diffs: Vec<String> = saved
+        .differences(expected)
+        .into_iter()
+        .filter(|(what, _, _)| !allow_changed.iter().any(|a| a == what))
+        .map(|(what, was, now)| format!("{what}: {was} → {now}"))
+        .collect();
+    if !diffs.is_empty() {
+        return Err(TrainError::ForeignCheckpoint {
+            path: state.to_path_buf(),
+            differences: diffs.join("; "),
+        });
+    }
     let epochs_done: usize = meta_of("epochs_done")?
         .parse()
         .map_err(|_| bad("`epochs_done` is not a number".into()))?;
@@ -213,8 +386,13 @@ pub fn load<B: Backend, M: Module<B>, R: Record<B>>(
         epochs_done,
         history: meta_of("history")?,
         wall_seconds,
+        identity: saved,
     };
-    let optim_path = dir.join(meta_of("optimizer")?);
+    let optim_name = meta_of("optimizer")?;
+    if optim_name.contains(['/', '\\']) {
+        return Err(bad(format!("bad optimiser file name `{optim_name}`")));
+    }
+    let optim_path = dir.join(optim_name);
     let mut restore = Restore {
         map: &map,
         problems: Vec::new(),
@@ -240,12 +418,29 @@ pub fn load<B: Backend, M: Module<B>, R: Record<B>>(
     if !restore.problems.is_empty() {
         return Err(bad(restore.problems.join("; ")));
     }
+    let bad_optim = |message: String| TrainError::Checkpoint {
+        path: optim_path.clone(),
+        message,
+    };
     let optim_bytes = std::fs::read(&optim_path).map_err(|e| TrainError::io(&optim_path, e))?;
-    let record: R = BinBytesRecorder::<FullPrecisionSettings>::default()
-        .load(optim_bytes, device)
-        .map_err(|e| TrainError::Checkpoint {
-            path: optim_path.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(Some((module, record, meta)))
+    if optim_bytes.len().to_string() != meta_of("optimizer_bytes")?
+        || sha256_hex(&optim_bytes) != meta_of("optimizer_sha256")?
+    {
+        return Err(bad_optim(format!(
+            "{} bytes that do not match the checksum recorded in {} (the file is damaged or \
+             from another checkpoint)",
+            optim_bytes.len(),
+            state.display()
+        )));
+    }
+    // Verified bytes only reach Burn's decoder; should it still panic, that is an error here.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        BinBytesRecorder::<FullPrecisionSettings>::default().load::<R>(optim_bytes, device)
+    }));
+    let record = match decoded {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(bad_optim(e.to_string())),
+        Err(_) => return Err(bad_optim("the optimiser state cannot be decoded".into())),
+    };
+    Ok((module, record, meta))
 }

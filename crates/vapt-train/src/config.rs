@@ -157,6 +157,13 @@ impl TrainConfig {
         if o.batch_size == 0 {
             return Err(bad("optim.batch_size must be at least 1".into()));
         }
+        if o.warmup > o.epochs {
+            return Err(bad(format!(
+                "optim.warmup ({}) is longer than optim.epochs ({}): the run would never reach \
+                 its learning rate; lower --warmup or raise --epochs",
+                o.warmup, o.epochs
+            )));
+        }
         if !(o.lr.is_finite() && o.lr >= 0.0) {
             return Err(bad(format!("optim.lr must be a finite number ≥ 0, got {}", o.lr)));
         }

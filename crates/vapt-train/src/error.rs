@@ -64,6 +64,19 @@ pub enum TrainError {
         /// What is wrong.
         message: String,
     },
+    /// A checkpoint of another run (configuration, backbone or data differ).
+    #[error(
+        "{path}: this checkpoint belongs to another run; differences (checkpoint → now): \
+         {differences}. Resume with the run's own configuration, weights and data, or pass \
+         --allow-changed weights|data to accept a changed file (recorded in result.json)",
+        path = .path.display()
+    )]
+    ForeignCheckpoint {
+        /// The state file.
+        path: PathBuf,
+        /// What differs.
+        differences: String,
+    },
     /// The loss became NaN or infinite; the run is recorded as diverged.
     #[error("training diverged at epoch {epoch}, step {step}: loss {loss} (recorded in {dir}/result.json)", dir = .dir.display())]
     Diverged {

@@ -9,7 +9,8 @@ use crate::error::TrainError;
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder (named for this
 /// process, so that workers sharing a sweep folder never write into each other's), flushed to
-/// disk, then renamed over `path`. A failed write removes its temporary file.
+/// disk, renamed over `path`, and the folder flushed. A failed write removes its temporary file
+/// and names the file it was writing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     let tmp = tmp_path(path);
     let written = (|| {
@@ -24,7 +25,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         TrainError::io(path, e)
-    })
+    })?;
+    // The rename itself reaches the disk with the folder's entry.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn tmp_path(path: &Path) -> PathBuf {

@@ -38,6 +38,9 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// A name of the device for the record (`cpu`, `cuda:0`, ...).
     pub device_label: String,
+    /// On resume, accept a checkpoint whose backbone (`weights`) or data manifest (`data`)
+    /// SHA-256 differs from today's files; recorded in `result.json`.
+    pub allow_changed: Vec<String>,
 }
 
 /// One row of `metrics.jsonl` / `metrics.csv`.
@@ -112,6 +115,9 @@ pub struct RunResult {
     /// The backbone's pre-training kind (read off the weights).
     #[serde(default)]
     pub backbone_kind: BackboneKind,
+    /// Changes accepted on resume (`--allow-changed`): `weights`, `data`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_changes: Vec<String>,
 }
 
 /// How a call to [`crate::train`] ended.
@@ -164,34 +170,47 @@ fn diff(a: &serde_json::Value, b: &serde_json::Value, prefix: &str, out: &mut Ve
     }
 }
 
-/// Prepares the run folder: refuses a finished run, refuses an unfinished one without `resume`
-/// (and with another configuration), writes `config.json` for a new one.
-pub fn prepare(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
+/// Checks the run folder before anything is loaded: refuses a finished run, an unfinished one
+/// without `resume`, and (with `resume`) one of another configuration. Writes nothing.
+pub fn check(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
     let dir = &opts.out;
     if dir.join(RESULT_FILE).exists() {
         return Err(TrainError::Finished { dir: dir.clone() });
     }
     let config_path = dir.join(CONFIG_FILE);
-    let ours = serde_json::to_value(cfg).map_err(|e| TrainError::Config {
-        path: config_path.clone(),
-        message: e.to_string(),
-    })?;
     if config_path.exists() {
         if !opts.resume {
             return Err(TrainError::Unfinished { dir: dir.clone() });
         }
         let theirs: serde_json::Value = read_json(&config_path, "run configuration")?;
-        let keys = differences(&theirs, &ours);
+        let keys = differences(&theirs, &config_value(cfg, &config_path)?);
         if !keys.is_empty() {
             return Err(TrainError::ConfigMismatch {
                 path: config_path,
                 keys: keys.join("; "),
             });
         }
+    }
+    Ok(())
+}
+
+fn config_value(cfg: &TrainConfig, path: &Path) -> Result<serde_json::Value, TrainError> {
+    serde_json::to_value(cfg).map_err(|e| TrainError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Starts the run folder once the backbone and the data have loaded: writes `config.json` for
+/// a new run (a start that fails before this leaves no folder behind to block the next one).
+pub fn start(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
+    let dir = &opts.out;
+    let config_path = dir.join(CONFIG_FILE);
+    if config_path.exists() {
         return Ok(());
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    write_json(&config_path, &ours)
+    write_json(&config_path, &config_value(cfg, &config_path)?)
 }
 
 /// Rewrites `metrics.jsonl` and `metrics.csv` with `history`.

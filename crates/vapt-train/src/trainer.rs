@@ -44,7 +44,7 @@ pub fn train<B: AutodiffBackend>(
     cfg.validate("configuration")?;
     let task = Task::open(&cfg.data)?;
     let (train_split, eval_split) = task.splits(&cfg.data)?;
-    run_dir::prepare(cfg, opts)?;
+    run_dir::check(cfg, opts)?;
     B::seed(device, cfg.seed);
     let (backbone, pre) = cfg.backbone.load::<B>(device)?;
     let (size, kind) = (backbone.config.image_size, backbone.config.kind);
@@ -61,6 +61,7 @@ pub fn train<B: AutodiffBackend>(
     ));
     train.preload()?;
     eval.preload()?;
+    run_dir::start(cfg, opts)?;
     let mut run = Run {
         cfg,
         opts,
@@ -121,22 +122,48 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let cfg = self.cfg;
         let ckpt_dir = self.opts.out.join(CHECKPOINT_DIR);
         let schedule = cfg.optim.schedule();
-        // A new run folder has no checkpoint (`run_dir::prepare` refuses an unfinished one
+        // A new run folder has no checkpoint (`run_dir::check` refuses an unfinished one
         // without --resume).
+        let identity = self.identity()?;
         let saved = if self.opts.resume {
-            checkpoint::load::<B, _, O::Record>(&ckpt_dir, model.clone(), self.device)?
+            checkpoint::load::<B, _, O::Record>(
+                &ckpt_dir,
+                model.clone(),
+                self.device,
+                &identity,
+                &self.opts.allow_changed,
+            )?
         } else {
             None
         };
         let (mut model, start) = match saved {
-            Some((m, record, meta)) => {
-                optim = optim.load_record(record);
-                self.history = serde_json::from_str(&meta.history).map_err(|e| TrainError::Checkpoint {
-                    path: ckpt_dir.join(checkpoint::STATE_FILE),
-                    message: format!("bad metric history: {e}"),
-                })?;
-                self.wall = meta.wall_seconds;
-                (m, meta.epochs_done)
+            Some(loaded) => {
+                optim = optim.load_record(loaded.record);
+                let state = ckpt_dir.join(checkpoint::STATE_FILE);
+                self.history =
+                    serde_json::from_str(&loaded.meta.history).map_err(|e| TrainError::Checkpoint {
+                        path: state.clone(),
+                        message: format!("bad metric history: {e}"),
+                    })?;
+                let done = loaded.meta.epochs_done;
+                let rows_in_order = self.history.iter().enumerate().all(|(i, r)| r.epoch == i);
+                if self.history.len() != done || !rows_in_order || done > schedule.epochs {
+                    return Err(TrainError::Checkpoint {
+                        path: state,
+                        message: format!(
+                            "its epoch counter ({done}) does not match its metric history ({} \
+                             rows, epochs {}) and the run's {} epochs",
+                            self.history.len(),
+                            if rows_in_order { "in order" } else { "out of order" },
+                            schedule.epochs
+                        ),
+                    });
+                }
+                if let Some(why) = &loaded.fell_back {
+                    self.monitor.message(why);
+                }
+                self.wall = loaded.meta.wall_seconds;
+                (loaded.module, done)
             }
             None => (model, 0),
         };
@@ -203,6 +230,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 epochs_done: epoch + 1,
                 history: serde_json::to_string(&self.history).unwrap_or_default(),
                 wall_seconds: self.wall,
+                identity: identity.clone(),
             };
             checkpoint::save(&ckpt_dir, &model, optim.to_record(), &meta)?;
             if !last && self.opts.stop_after.is_some_and(|k| epoch + 1 >= k) {
@@ -341,6 +369,19 @@ impl<B: AutodiffBackend> Run<'_, B> {
         Ok(Outcome::Finished(Box::new(result)))
     }
 
+    /// What the checkpoints of this run must match.
+    fn identity(&self) -> Result<checkpoint::Identity, TrainError> {
+        let json = serde_json::to_vec(self.cfg).map_err(|e| TrainError::Config {
+            path: self.opts.out.join(crate::run_dir::CONFIG_FILE),
+            message: e.to_string(),
+        })?;
+        Ok(checkpoint::Identity {
+            config_sha256: checkpoint::sha256_hex(&json),
+            weights_sha256: self.pre.sha256.clone(),
+            data_sha256: self.data_sha.clone(),
+        })
+    }
+
     fn record(&self, status: RunStatus, failure: Option<String>, artifact: Option<String>) -> RunResult {
         let last = self.history.last();
         let ok = status == RunStatus::Ok;
@@ -368,6 +409,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             data_manifest_sha256: self.data_sha.clone(),
             artifact,
             backbone_kind: self.kind,
+            allowed_changes: self.opts.allow_changed.clone(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! `parity`, training runs and sweeps in `runs`.
 
 mod cluster;
+mod integrity;
 mod parity;
 mod runs;
 

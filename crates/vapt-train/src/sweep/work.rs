@@ -104,6 +104,7 @@ fn train_claimed<B: AutodiffBackend>(
         resume: true,
         stop_after: None,
         device_label: device_label.to_string(),
+        allow_changed: Vec::new(),
     };
     match train::<B>(cfg, &opts, device, monitor) {
         Ok(Outcome::Finished(_)) => Ok(PointOutcome::Trained),

@@ -35,7 +35,7 @@ use crate::pretrained::PretrainedCfg;
 pub use error::{KeyMismatch, LoadError, ShapeMismatch};
 pub use posemb::PosEmbResample;
 pub use rename::{Rename, Source, Transform};
-pub use safetensors_io::{parse_safetensors, write_safetensors};
+pub use safetensors_io::{parse_safetensors, safetensors_bytes, write_safetensors};
 pub use tensor::{RawTensor, TensorMap};
 
 /// The key layout of a weights file.

@@ -72,8 +72,28 @@ fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
 
 /// Writes `map` (float32) with its metadata as safetensors. The bytes depend only on the
 /// content (tensors in name order, metadata sorted), so equal models give identical files. The
-/// write is atomic: a temporary file in the same directory is renamed over `path`.
+/// write is atomic and durable: a temporary file in the same directory, flushed to disk, is
+/// renamed over `path`.
 pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), LoadError> {
+    let bytes = safetensors_bytes(path, map)?;
+    let tmp = path.with_extension("safetensors.tmp");
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// The safetensors bytes of `map` (see [`write_safetensors`]); `path` names the file in errors.
+pub fn safetensors_bytes(path: &Path, map: &TensorMap) -> Result<Vec<u8>, LoadError> {
     let mut header = serde_json::Map::new();
     if !map.metadata.is_empty() {
         let meta: serde_json::Map<String, serde_json::Value> = map
@@ -118,11 +138,5 @@ pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), LoadError> 
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    let io = |source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    Ok(bytes)
 }
