@@ -21,8 +21,29 @@ use crate::transform::{Rgb8, SplitMix64, Transform};
 /// Splits with at most this many images are cached in memory (as decoded u8) after first use.
 pub const CACHE_LIMIT: usize = 20_000;
 
-/// Decodes an image file to 8-bit RGB.
+/// Image files larger than this are refused before they are read (a 16-bit 8000 × 8000 PNG is
+/// far below it; `/dev/zero` or a mislabelled disk image is not).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 512 << 20;
+
+/// Decodes an image file to 8-bit RGB. Only regular files up to [`MAX_IMAGE_FILE_BYTES`] are
+/// read; the decoder's own limits (the `image` crate's 512 MiB allocation cap) bound what a
+/// small file can claim to expand to.
 pub fn decode(path: &Path) -> Result<Rgb8, DataError> {
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    let refuse = |message: String| DataError::Decode {
+        path: path.to_path_buf(),
+        message,
+    };
+    if !meta.is_file() {
+        return Err(refuse("not a regular file (a device, a folder or a pipe)".into()));
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(refuse(format!(
+            "{} bytes: larger than any image vapt reads ({} MiB at most)",
+            meta.len(),
+            MAX_IMAGE_FILE_BYTES >> 20
+        )));
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     decode_bytes(path, &bytes)
 }

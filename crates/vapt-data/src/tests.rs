@@ -414,3 +414,27 @@ fn manifest_detects_a_changed_file_and_is_never_overwritten() {
     assert_names(&err, &["vapt-manifest.json", "changed images/test/000000.png"]);
     assert_eq!(std::fs::read(task.join(crate::verify::MANIFEST)).unwrap(), before);
 }
+
+/// `/dev/zero` (endless), a folder, and a file over the size limit are refused by name before
+/// anything is read.
+#[test]
+fn non_regular_and_oversized_files_are_refused_before_reading() {
+    let err = crate::images::decode(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/dev/zero") && err.contains("not a regular file"),
+        "{err}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let err = crate::images::decode(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    let big = tmp.path().join("big.png");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(crate::images::MAX_IMAGE_FILE_BYTES + 1).unwrap();
+    let err = crate::images::decode(&big).unwrap_err().to_string();
+    assert!(
+        err.contains("big.png") && err.contains("larger than any image"),
+        "{err}"
+    );
+}

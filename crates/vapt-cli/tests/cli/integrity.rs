@@ -292,31 +292,44 @@ fn a_run_killed_at_twenty_random_moments_ends_as_if_never_killed() {
     let killed = tmp.path().join("killed");
     let mut a = epochs(&killed);
     a.push("--resume".into());
-    // A fixed pseudo-random sequence of delays (ms): reproducible, spread over the run.
+    // Kill k waits for epoch ≈ 7k (the first two land in the start-up), then a pseudo-random
+    // 0–3 ms more, so the kills are spread over the whole run and some hit a checkpoint write,
+    // whatever the machine's speed.
+    let epochs_done = |dir: &Path| {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut kills = 0;
-    let mut attempts = 0;
-    while kills < 20 && !killed.join("result.json").exists() {
-        attempts += 1;
-        assert!(attempts < 200, "the run never got killed 20 times");
+    for k in 0..20u64 {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let delay = 20 + (state >> 33) % 250;
+        let r = state >> 33;
         let mut child = vapt()
             .args(&a)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay));
+        if k < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(r % 40));
+        } else {
+            let target = (7 * k + r % 5) as usize;
+            while epochs_done(&killed) < target && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(r % 3000));
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
             kills += 1;
         }
         child.wait().unwrap();
     }
-    assert_eq!(kills, 20, "the run finished before 20 kills; make it longer");
+    assert_eq!(kills, 20, "a run ended before it was killed");
+    assert!(!killed.join("result.json").exists());
     ok(&a);
     assert_eq!(metrics(&whole), metrics(&killed));
     assert_eq!(

@@ -26,12 +26,42 @@ pub fn parse_npz(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
         }
         let name = entry.name().to_string();
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        let mut buf = Vec::with_capacity(entry.size() as usize);
-        entry.read_to_end(&mut buf).map_err(|e| LoadError::Entry {
-            path: path.to_path_buf(),
-            key: key.clone(),
-            message: format!("cannot decompress: {e}"),
-        })?;
+        // Sizes in a zip are claims: check them against the file before allocating, and never
+        // read past the claim. Deflate expands at most ~1032:1.
+        let (size, packed) = (entry.size(), entry.compressed_size());
+        let stored = entry.compression() == zip::CompressionMethod::Stored;
+        let most = if stored {
+            packed
+        } else {
+            packed.saturating_mul(1032).saturating_add(1024)
+        };
+        if packed > bytes.len() as u64 || size > most {
+            return Err(LoadError::Entry {
+                path: path.to_path_buf(),
+                key,
+                message: format!(
+                    "the archive claims {size} bytes ({packed} compressed) for this entry, more than \
+                     a {}-byte file can hold: the file is damaged or not an npz",
+                    bytes.len()
+                ),
+            });
+        }
+        let mut buf = Vec::with_capacity(size as usize);
+        (&mut entry)
+            .take(size.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| LoadError::Entry {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                message: format!("cannot decompress: {e}"),
+            })?;
+        if buf.len() as u64 != size {
+            return Err(LoadError::Entry {
+                path: path.to_path_buf(),
+                key,
+                message: format!("{} bytes where the archive claims {size}", buf.len()),
+            });
+        }
         let tensor = parse_npy(&buf).map_err(|message| LoadError::Entry {
             path: path.to_path_buf(),
             key: key.clone(),
@@ -81,7 +111,10 @@ pub fn parse_npy(buf: &[u8]) -> Result<RawTensor, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape {shape_src}")))
         .collect::<Result<_, _>>()?;
-    let numel: usize = shape.iter().product();
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape_src} is too large"))?;
     let body = &buf[start + header_len..];
     let data: Vec<f32> = match descr {
         "<f4" | "|f4" => read_le(body, numel, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
@@ -107,7 +140,7 @@ pub fn parse_npy(buf: &[u8]) -> Result<RawTensor, String> {
 }
 
 fn read_le(body: &[u8], numel: usize, width: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>, String> {
-    let need = numel * width;
+    let need = numel.saturating_mul(width);
     if body.len() < need {
         return Err(format!(
             "truncated data: {} bytes for {numel} values of {width} bytes",
@@ -250,5 +283,67 @@ mod tests {
         assert_eq!(f16_to_f32(0x3c00), 1.0);
         assert_eq!(f16_to_f32(0xc000), -2.0);
         assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+    }
+
+    /// A hand-made zip whose only entry claims 2^62 bytes (zip64 sizes): an error naming the
+    /// entry, not an allocation of the claimed size.
+    #[test]
+    fn a_zip64_size_claim_beyond_the_file_is_an_error() {
+        let data = b"\x93NUMPY not really";
+        let name = b"w.npy";
+        let claim: u64 = 1 << 62;
+        let extra = |uncompressed: u64, compressed: u64| {
+            let mut e = vec![1u8, 0, 16, 0];
+            e.extend_from_slice(&uncompressed.to_le_bytes());
+            e.extend_from_slice(&compressed.to_le_bytes());
+            e
+        };
+        let x = extra(claim, data.len() as u64);
+        let mut z = Vec::new();
+        // Local file header.
+        z.extend_from_slice(&0x04034b50u32.to_le_bytes());
+        z.extend_from_slice(&[45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        z.extend_from_slice(&0u32.to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(x.len() as u16).to_le_bytes());
+        z.extend_from_slice(name);
+        z.extend_from_slice(&x);
+        z.extend_from_slice(data);
+        // Central directory.
+        let cd = z.len() as u32;
+        z.extend_from_slice(&0x02014b50u32.to_le_bytes());
+        z.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        z.extend_from_slice(&0u32.to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&u32::MAX.to_le_bytes());
+        z.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(x.len() as u16).to_le_bytes());
+        // Comment length, disk, internal and external attributes, local header offset.
+        z.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        z.extend_from_slice(&0u32.to_le_bytes());
+        z.extend_from_slice(name);
+        z.extend_from_slice(&x);
+        let cd_size = z.len() as u32 - cd;
+        // End of central directory.
+        z.extend_from_slice(&0x06054b50u32.to_le_bytes());
+        z.extend_from_slice(&[0, 0, 0, 0, 1, 0, 1, 0]);
+        z.extend_from_slice(&cd_size.to_le_bytes());
+        z.extend_from_slice(&cd.to_le_bytes());
+        z.extend_from_slice(&[0, 0]);
+        let err = parse_npz(Path::new("crafted.npz"), &z).unwrap_err().to_string();
+        assert!(err.contains("crafted.npz"), "{err}");
+        assert!(err.contains("claims 4611686018427387904 bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_npy_shape_too_large_for_memory_is_an_error() {
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }";
+        let mut buf = b"\x93NUMPY\x01\x00".to_vec();
+        buf.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        buf.extend_from_slice(header.as_bytes());
+        let err = parse_npy(&buf).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
     }
 }
