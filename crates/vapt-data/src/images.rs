@@ -1,8 +1,10 @@
 //! Decoding, caching and batching images of a [`Split`].
 //!
 //! Images are decoded in parallel (rayon) to 8-bit RGB (grey and RGBA become RGB); splits up to
-//! [`CACHE_LIMIT`] images keep the decoded bytes in memory after first use, so later epochs only
-//! pay for the transform. [`ImageBatcher`] turns items into tensors on the chosen device.
+//! [`CACHE_LIMIT`] images keep each image in memory after first use, so later epochs only pay for
+//! crop, flip and normalisation. The cache holds, per image, the smaller of the decoded original
+//! and the recipe's resize ([`Resized`]): never more than the resized size (VTAB at 224 px:
+//! 224² × 3 float32 = 588 KiB; FGVC: shorter side 256, 8-bit), however large the file. [`ImageBatcher`] turns items into tensors on the chosen device.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,9 +18,9 @@ use rayon::prelude::*;
 
 use crate::error::DataError;
 use crate::split::Split;
-use crate::transform::{Rgb8, SplitMix64, Transform};
+use crate::transform::{Resized, Rgb8, SplitMix64, Transform};
 
-/// Splits with at most this many images are cached in memory (as decoded u8) after first use.
+/// Splits with at most this many images are cached in memory after first use.
 pub const CACHE_LIMIT: usize = 20_000;
 
 /// Image files larger than this are refused before they are read (a 16-bit 8000 × 8000 PNG is
@@ -71,14 +73,40 @@ pub struct ImageItem {
     pub label: usize,
 }
 
-/// A split plus its transform, with an in-memory cache of decoded images.
+/// What the cache keeps of one image: whichever is smaller.
+#[derive(Debug)]
+enum Cached {
+    /// The decoded image (small originals, e.g. 32 × 32).
+    Original(Rgb8),
+    /// The recipe's resize (large originals).
+    Resized(Resized),
+}
+
+impl Cached {
+    fn new(img: Rgb8, transform: &Transform) -> Self {
+        if img.data.len() <= transform.resized_bytes(img.width, img.height) {
+            Cached::Original(img)
+        } else {
+            Cached::Resized(transform.resize(&img))
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Cached::Original(img) => img.data.len(),
+            Cached::Resized(r) => r.bytes(),
+        }
+    }
+}
+
+/// A split plus its transform, with an in-memory cache of prepared images.
 #[derive(Debug)]
 pub struct ImageSet {
     /// The images and labels.
     pub split: Split,
     /// The preprocessing recipe.
     pub transform: Transform,
-    cache: Option<Vec<OnceLock<Arc<Rgb8>>>>,
+    cache: Option<Vec<OnceLock<Arc<Cached>>>>,
     seed: u64,
     epoch: AtomicU64,
 }
@@ -111,37 +139,52 @@ impl ImageSet {
         self.epoch.store(epoch, Ordering::Relaxed);
     }
 
-    /// The decoded image `i` (from the cache when possible). A missing file is reported with the
-    /// list (and line) that named it.
+    /// The decoded image `i` (read from its file). A missing file is reported with the list (and
+    /// line) that named it.
     pub fn image(&self, i: usize) -> Result<Arc<Rgb8>, DataError> {
-        let load = || -> Result<Arc<Rgb8>, DataError> {
-            let s = &self.split.samples[i];
-            if !s.path.is_file() {
-                return Err(DataError::MissingImage {
-                    path: s.path.clone(),
-                    list: self.split.source.clone(),
-                    line: s.line,
-                });
-            }
-            decode(&s.path).map(Arc::new)
+        let s = &self.split.samples[i];
+        if !s.path.is_file() {
+            return Err(DataError::MissingImage {
+                path: s.path.clone(),
+                list: self.split.source.clone(),
+                line: s.line,
+            });
+        }
+        decode(&s.path).map(Arc::new)
+    }
+
+    /// Image `i` ready for the random part of the recipe (from the cache when possible).
+    fn prepared(&self, i: usize) -> Result<Arc<Cached>, DataError> {
+        let load = || -> Result<Arc<Cached>, DataError> {
+            let img = Arc::unwrap_or_clone(self.image(i)?);
+            Ok(Arc::new(Cached::new(img, &self.transform)))
         };
         match &self.cache {
             Some(cache) => {
-                if let Some(img) = cache[i].get() {
-                    return Ok(img.clone());
+                if let Some(c) = cache[i].get() {
+                    return Ok(c.clone());
                 }
-                let img = load()?;
-                Ok(cache[i].get_or_init(|| img).clone())
+                let c = load()?;
+                Ok(cache[i].get_or_init(|| c).clone())
             }
             None => load(),
         }
+    }
+
+    /// Bytes of pixels the cache holds now.
+    pub fn cached_bytes(&self) -> usize {
+        self.cache
+            .iter()
+            .flatten()
+            .filter_map(|c| c.get().map(|c| c.bytes()))
+            .sum()
     }
 
     /// Decodes every image in parallel (filling the cache); the first error is returned.
     pub fn preload(&self) -> Result<(), DataError> {
         (0..self.len())
             .into_par_iter()
-            .try_for_each(|i| self.image(i).map(|_| ()))
+            .try_for_each(|i| self.prepared(i).map(|_| ()))
     }
 
     /// Image `i` transformed, with the random crop and flip of the epoch set by
@@ -153,11 +196,18 @@ impl ImageSet {
     /// Image `i` transformed with the random crop and flip of `epoch` (seeded by the set's seed,
     /// the epoch and the index, whatever thread computes it).
     pub fn item_at(&self, i: usize, epoch: u64) -> Result<ImageItem, DataError> {
-        let img = self.image(i)?;
         let mut rng =
             SplitMix64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9) ^ (i as u64).wrapping_mul(0x85EB_CA6B));
+        let pixels = if self.cache.is_none() {
+            self.transform.apply(self.image(i)?.as_ref(), &mut rng)
+        } else {
+            match self.prepared(i)?.as_ref() {
+                Cached::Original(img) => self.transform.apply(img, &mut rng),
+                Cached::Resized(r) => self.transform.finish(r, &mut rng),
+            }
+        };
         Ok(ImageItem {
-            pixels: self.transform.apply(&img, &mut rng),
+            pixels,
             label: self.split.samples[i].label,
         })
     }

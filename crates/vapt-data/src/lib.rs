@@ -31,7 +31,7 @@ pub use images::{ImageBatch, ImageBatcher, ImageItem, ImageSet};
 pub use loader::{Batch, FeatureTable, Input, Loader};
 pub use split::{Sample, Split};
 pub use task::{DataConfig, DataFormat, Task};
-pub use transform::{Crop, Resize, Rgb8, Transform};
+pub use transform::{Crop, Resize, Resized, Rgb8, Transform};
 pub use vtab::{Group, TaskInfo, VtabSplit};
 
 #[cfg(test)]

@@ -438,3 +438,37 @@ fn non_regular_and_oversized_files_are_refused_before_reading() {
         "{err}"
     );
 }
+
+/// A 3000 × 2000 image costs the cache its 224² resize, not its 18 MB of pixels, and gives the
+/// same items as the uncached transform; a small image is kept as it is.
+#[test]
+fn the_cache_keeps_the_smaller_of_the_original_and_its_resize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("images");
+    std::fs::create_dir_all(&root).unwrap();
+    let big = image::RgbImage::from_fn(3000, 2000, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x + y) % 7) as u8])
+    });
+    big.save(root.join("big.png")).unwrap();
+    write_png(&root.join("small.png"), 32, 32, 90);
+    let sample = |name: &str, label| crate::Sample {
+        path: root.join(name),
+        label,
+        line: None,
+    };
+    let split = crate::Split {
+        name: "test".into(),
+        source: root.clone(),
+        samples: vec![sample("big.png", 0), sample("small.png", 1)],
+        num_classes: 2,
+        class_names: Vec::new(),
+    };
+    let t = Transform::vtab(224, [0.5; 3], [0.5; 3]);
+    let set = ImageSet::new(split, t.clone(), 0);
+    set.preload().unwrap();
+    assert_eq!(set.cached_bytes(), 224 * 224 * 3 * 4 + 32 * 32 * 3);
+    for i in 0..2 {
+        let direct = t.apply(&set.image(i).unwrap(), &mut crate::transform::SplitMix64(1));
+        assert!(set.item_at(i, 0).unwrap().pixels == direct, "image {i}");
+    }
+}

@@ -110,21 +110,52 @@ impl Transform {
 
     /// Applies the recipe: CHW float32, normalised. `rng` drives crop and flip.
     pub fn apply(&self, img: &Rgb8, rng: &mut SplitMix64) -> Vec<f32> {
-        let (w, h, mut plane) = match self.resize {
-            Resize::Direct(s) => (s, s, resize_tf_bilinear(img, s, s)),
-            Resize::ShorterSide(s) => {
-                let (nw, nh) = if img.width <= img.height {
-                    (s, (s as u64 * img.height as u64 / img.width as u64) as usize)
-                } else {
-                    ((s as u64 * img.width as u64 / img.height as u64) as usize, s)
-                };
-                let r = resize_pil_bilinear(img, nw, nh);
-                (nw, nh, r.data.iter().map(|&v| v as f32).collect())
+        self.finish(&self.resize(img), rng)
+    }
+
+    /// The recipe's first, deterministic step: the resize (what an image cache can keep).
+    pub fn resize(&self, img: &Rgb8) -> Resized {
+        let (nw, nh) = self.resized_size(img.width, img.height);
+        match self.resize {
+            Resize::Direct(_) => Resized::Float {
+                width: nw,
+                height: nh,
+                plane: resize_tf_bilinear(img, nw, nh),
+            },
+            Resize::ShorterSide(_) => Resized::Bytes(resize_pil_bilinear(img, nw, nh)),
+        }
+    }
+
+    /// The size [`Self::resize`] gives a `width × height` image.
+    pub fn resized_size(&self, width: usize, height: usize) -> (usize, usize) {
+        match self.resize {
+            Resize::Direct(s) => (s, s),
+            Resize::ShorterSide(s) if width <= height => {
+                (s, (s as u64 * height as u64 / width.max(1) as u64) as usize)
             }
+            Resize::ShorterSide(s) => ((s as u64 * width as u64 / height.max(1) as u64) as usize, s),
+        }
+    }
+
+    /// Bytes [`Self::resize`] of a `width × height` image takes.
+    pub fn resized_bytes(&self, width: usize, height: usize) -> usize {
+        let (w, h) = self.resized_size(width, height);
+        let per_value = match self.resize {
+            Resize::Direct(_) => 4,
+            Resize::ShorterSide(_) => 1,
         };
-        let (mut w, mut h) = (w, h);
-        match self.crop {
-            Crop::None => {}
+        w * h * 3 * per_value
+    }
+
+    /// The rest of the recipe on a resized image: crop, flip (`rng`), CHW, normalisation.
+    pub fn finish(&self, resized: &Resized, rng: &mut SplitMix64) -> Vec<f32> {
+        let (w, h) = resized.size();
+        let value = |i: usize| match resized {
+            Resized::Float { plane, .. } => plane[i],
+            Resized::Bytes(img) => img.data[i] as f32,
+        };
+        let (x0, y0, cw, ch) = match self.crop {
+            Crop::None => (0, 0, w, h),
             Crop::Center(s) | Crop::Random(s) => {
                 let s_w = s.min(w);
                 let s_h = s.min(h);
@@ -136,27 +167,57 @@ impl Transform {
                         round_half_even((h - s_h) as f64 / 2.0),
                     )
                 };
-                let mut out = Vec::with_capacity(s_w * s_h * 3);
-                for y in y0..y0 + s_h {
-                    out.extend_from_slice(&plane[(y * w + x0) * 3..(y * w + x0 + s_w) * 3]);
-                }
-                plane = out;
-                w = s_w;
-                h = s_h;
+                (x0, y0, s_w, s_h)
             }
-        }
+        };
         let flip = self.hflip && rng.below(2) == 1;
-        let mut chw = vec![0f32; 3 * w * h];
-        for y in 0..h {
-            for x in 0..w {
-                let sx = if flip { w - 1 - x } else { x };
+        let mut chw = vec![0f32; 3 * cw * ch];
+        for y in 0..ch {
+            for x in 0..cw {
+                let sx = x0 + if flip { cw - 1 - x } else { x };
+                let at = ((y0 + y) * w + sx) * 3;
                 for c in 0..3 {
-                    let v = plane[(y * w + sx) * 3 + c] / 255.0;
-                    chw[(c * h + y) * w + x] = (v - self.mean[c]) / self.std[c];
+                    let v = value(at + c) / 255.0;
+                    chw[(c * ch + y) * cw + x] = (v - self.mean[c]) / self.std[c];
                 }
             }
         }
         chw
+    }
+}
+
+/// An image after the recipe's resize: TF2 bilinear values (float, VTAB) or a PIL-resized 8-bit
+/// image (FGVC).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resized {
+    /// HWC float32 in [0, 255].
+    Float {
+        /// Width.
+        width: usize,
+        /// Height.
+        height: usize,
+        /// `height · width · 3` values.
+        plane: Vec<f32>,
+    },
+    /// 8-bit RGB.
+    Bytes(Rgb8),
+}
+
+impl Resized {
+    /// (width, height).
+    pub fn size(&self) -> (usize, usize) {
+        match self {
+            Resized::Float { width, height, .. } => (*width, *height),
+            Resized::Bytes(img) => (img.width, img.height),
+        }
+    }
+
+    /// Bytes of memory its pixels take.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Resized::Float { plane, .. } => 4 * plane.len(),
+            Resized::Bytes(img) => img.data.len(),
+        }
     }
 }
 
