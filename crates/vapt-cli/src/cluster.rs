@@ -124,7 +124,6 @@ pub fn run_pool(spec: &SweepSpec, out: &Path, devices: &[DeviceSpec], threads: O
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = threads.unwrap_or((cores / devices.len()).max(1)).to_string();
     let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
-    let labels = pool::labels(&names, 1);
     let workers = devices
         .iter()
         .enumerate()
@@ -132,7 +131,7 @@ pub fn run_pool(spec: &SweepSpec, out: &Path, devices: &[DeviceSpec], threads: O
             let mut c = std::process::Command::new(&exe);
             c.args(work_args(&out, *d, Some(&threads)));
             pool::Worker {
-                label: format!("w{i} {}", labels[i].0),
+                label: format!("w{i} {d}"),
                 command: c,
             }
         })

@@ -19,24 +19,6 @@ pub struct Worker {
     pub command: Command,
 }
 
-/// The labels of `per_device` workers on each of `devices`: `cuda:0#1`, `cuda:0#2`, ...; a
-/// device with one worker keeps its plain name.
-pub fn labels(devices: &[String], per_device: usize) -> Vec<(String, String)> {
-    devices
-        .iter()
-        .flat_map(|d| {
-            (1..=per_device).map(move |k| {
-                let label = if per_device == 1 {
-                    d.clone()
-                } else {
-                    format!("{d}#{k}")
-                };
-                (label, d.clone())
-            })
-        })
-        .collect()
-}
-
 /// How one worker ended.
 #[derive(Debug)]
 pub struct WorkerEnd {
@@ -98,15 +80,6 @@ pub fn run(workers: Vec<Worker>, out: &mut dyn Write) -> Result<Vec<WorkerEnd>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn labels_number_workers_per_device() {
-        let l = labels(&["cuda:0".into(), "cuda:1".into()], 2);
-        let names: Vec<&str> = l.iter().map(|(a, _)| a.as_str()).collect();
-        assert_eq!(names, ["cuda:0#1", "cuda:0#2", "cuda:1#1", "cuda:1#2"]);
-        assert_eq!(l[3].1, "cuda:1");
-        assert_eq!(labels(&["cpu".into()], 1)[0].0, "cpu");
-    }
 
     #[cfg(unix)]
     #[test]

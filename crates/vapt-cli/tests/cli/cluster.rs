@@ -2,11 +2,11 @@
 //! Slurm submission (dry run, bad input) and, where Slurm runs, a real job-array sweep.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::runs::{metrics, tiny_train_args};
-use crate::{fails_with, vapt};
+use crate::runs::{metrics, run_ok, tiny_train_args};
+use crate::{fails_with, succeeded, vapt};
 
 /// A tiny sweep (the tiny run's flags, lr from `grid`): `grid` (`LRS:WDS`), `seeds`, `epochs`,
 /// into `out`.
@@ -24,20 +24,6 @@ fn sweep_args(root: &Path, out: &Path, grid: &str, seeds: &str, epochs: usize) -
     );
     args.push(out.display().to_string());
     args
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn run(args: &[String]) -> String {
-    ok(vapt().args(args).output().unwrap(), &format!("{args:?}"))
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -75,7 +61,7 @@ fn three_workers_on_one_folder_train_every_point_exactly_once() {
     vapt_tests::write_tiny_vtab(tmp.path(), 4);
     let (seq, par) = (tmp.path().join("seq"), tmp.path().join("par"));
     let grid = "4,0.5:0.001,0";
-    run(&sweep_args(tmp.path(), &seq, grid, "42,44", 2));
+    run_ok(&sweep_args(tmp.path(), &seq, grid, "42,44", 2));
     let args = sweep_args(tmp.path(), &par, grid, "42,44", 2);
     let workers: Vec<_> = (0..3)
         .map(|_| {
@@ -90,13 +76,13 @@ fn three_workers_on_one_folder_train_every_point_exactly_once() {
         .collect();
     let outputs: Vec<String> = workers
         .into_iter()
-        .map(|w| ok(w.wait_with_output().unwrap(), "a worker"))
+        .map(|w| succeeded(w.wait_with_output().unwrap(), "a worker"))
         .collect();
     let mut all: Vec<usize> = outputs.iter().flat_map(|o| trained(o)).collect();
     all.sort_unstable();
     assert_eq!(all, [0, 1, 2, 3, 4, 5], "each point once:\n{outputs:#?}");
     assert_eq!(json(&seq.join("summary.json")), json(&par.join("summary.json")));
-    let status = run(&["sweep".into(), "status".into(), par.display().to_string()]);
+    let status = run_ok(&["sweep".into(), "status".into(), par.display().to_string()]);
     assert!(
         status.contains("6 points — 6 done, 0 running, 0 failed, 0 pending"),
         "{status}"
@@ -109,7 +95,7 @@ fn a_killed_workers_point_is_resumed_by_the_next_worker_and_ends_as_if_never_kil
     vapt_tests::write_tiny_vtab(tmp.path(), 4);
     let (whole, killed) = (tmp.path().join("whole"), tmp.path().join("killed"));
     let epochs = 60;
-    run(&sweep_args(tmp.path(), &whole, "4:0", "42", epochs));
+    run_ok(&sweep_args(tmp.path(), &whole, "4:0", "42", epochs));
     let args = sweep_args(tmp.path(), &killed, "4:0", "42", epochs);
     let mut first = vapt()
         .args(&args)
@@ -131,11 +117,11 @@ fn a_killed_workers_point_is_resumed_by_the_next_worker_and_ends_as_if_never_kil
         !point.join("result.json").exists(),
         "killed after the point ended"
     );
-    let status = run(&["sweep".into(), "status".into(), killed.display().to_string()]);
+    let status = run_ok(&["sweep".into(), "status".into(), killed.display().to_string()]);
     assert!(status.contains("1 failed"), "{status}");
     let out = vapt().args(&args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    let stdout = ok(out, "the second worker");
+    let stdout = succeeded(out, "the second worker");
     assert!(stderr.contains("resuming at epoch"), "{stderr}");
     assert_eq!(trained(&stdout), [0, 1], "{stdout}");
     for dir in ["grid/lr4-wd0", "final/seed42"] {
@@ -156,10 +142,10 @@ fn a_pool_of_cpu_workers_gives_the_sequential_summary() {
     let tmp = tempfile::tempdir().unwrap();
     vapt_tests::write_tiny_vtab(tmp.path(), 4);
     let (seq, pool) = (tmp.path().join("seq"), tmp.path().join("pool"));
-    run(&sweep_args(tmp.path(), &seq, "4,0.5:0", "42", 1));
+    run_ok(&sweep_args(tmp.path(), &seq, "4,0.5:0", "42", 1));
     let mut args = sweep_args(tmp.path(), &pool, "4,0.5:0", "42", 1);
     args.extend(["--devices", "cpu", "--jobs", "2"].map(String::from));
-    let out = run(&args);
+    let out = run_ok(&args);
     assert!(out.contains("2 workers on cpu,cpu (1 threads each)"), "{out}");
     for w in ["[w0 cpu] ", "[w1 cpu] "] {
         assert!(out.contains(w), "no lines from {w}:\n{out}");
@@ -187,7 +173,7 @@ fn slurm_dry_run_shows_the_scripts_and_bad_input_is_refused() {
         ]
         .map(String::from),
     );
-    let text = run(&args);
+    let text = run_ok(&args);
     for want in [
         "grid.sbatch",
         "#SBATCH --array=0-3%2",
@@ -218,7 +204,7 @@ fn slurm_dry_run_shows_the_scripts_and_bad_input_is_refused() {
         a.push("--list".into());
         a
     };
-    run(&list("1"));
+    run_ok(&list("1"));
     let msg = fails_with(vapt().args(list("2")), "another configuration");
     assert!(msg.contains("optim.epochs: 1 → 2"), "{msg}");
     assert!(msg.contains("sweep.json"), "{msg}");
@@ -253,7 +239,7 @@ fn a_sweep_submitted_to_slurm_gives_the_summary_of_a_local_run() {
     vapt_tests::write_tiny_vtab(tmp.path(), 4);
     let (local, cluster) = (tmp.path().join("local"), tmp.path().join("cluster"));
     let grid = "4,0.5:0.001,0";
-    run(&sweep_args(tmp.path(), &local, grid, "42,44", 2));
+    run_ok(&sweep_args(tmp.path(), &local, grid, "42,44", 2));
 
     // sbatch's own message for a partition that does not exist.
     let mut bad = sweep_args(tmp.path(), &tmp.path().join("bad"), grid, "42,44", 2);
@@ -263,7 +249,7 @@ fn a_sweep_submitted_to_slurm_gives_the_summary_of_a_local_run() {
 
     let mut args = sweep_args(tmp.path(), &cluster, grid, "42,44", 2);
     args.extend(["--slurm", "--cpus-per-task", "1"].map(String::from));
-    let submitted = run(&args);
+    let submitted = run_ok(&args);
     assert!(submitted.contains("submitted grid: job "), "{submitted}");
     assert!(submitted.contains("submitted seeds: job "), "{submitted}");
     assert!(submitted.contains(", after job "), "{submitted}");
@@ -275,16 +261,16 @@ fn a_sweep_submitted_to_slurm_gives_the_summary_of_a_local_run() {
             break;
         }
         if start.elapsed() > Duration::from_secs(600) {
-            let status = run(&["sweep".into(), "status".into(), cluster.display().to_string()]);
+            let status = run_ok(&["sweep".into(), "status".into(), cluster.display().to_string()]);
             panic!("the Slurm sweep did not finish in 10 minutes:\n{status}");
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let log = std::fs::read_to_string(cluster.join("logs").join("point-0.log")).unwrap();
     assert!(log.contains("== point 0: job "), "{log}");
-    let status = run(&["sweep".into(), "status".into(), cluster.display().to_string()]);
+    let status = run_ok(&["sweep".into(), "status".into(), cluster.display().to_string()]);
     assert!(status.contains("6 done"), "{status}");
     // Everything is finished: submitting again submits nothing.
-    let again = run(&args);
+    let again = run_ok(&args);
     assert!(again.contains("nothing to submit"), "{again}");
 }

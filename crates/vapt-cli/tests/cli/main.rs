@@ -19,6 +19,17 @@ pub(crate) fn fixtures() -> PathBuf {
 
 /// The stderr of a `vapt` run that must fail with a clear error (exit code 1, not a panic's 101)
 /// containing `needle`.
+/// The stdout of a command that must have succeeded (else its output in the panic).
+pub(crate) fn succeeded(out: std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub(crate) fn fails_with(cmd: &mut Command, needle: &str) -> String {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();

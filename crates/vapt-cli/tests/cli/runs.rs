@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::vapt;
+use crate::{succeeded, vapt};
 
 pub(crate) fn tiny_train_args(root: &std::path::Path) -> Vec<String> {
     [
@@ -30,15 +30,8 @@ pub(crate) fn tiny_train_args(root: &std::path::Path) -> Vec<String> {
     .collect()
 }
 
-fn run_ok(args: &[String]) -> String {
-    let out = vapt().args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "vapt {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+pub(crate) fn run_ok(args: &[String]) -> String {
+    succeeded(vapt().args(args).output().unwrap(), &format!("vapt {args:?}"))
 }
 
 pub(crate) fn metrics(dir: &std::path::Path) -> Vec<serde_json::Value> {

@@ -41,12 +41,14 @@ fn no_point(out: &Path, message: String) -> TrainError {
     }
 }
 
-/// The configuration and folder of `point`, or why it cannot run yet.
+/// The configuration and folder of `point`, or why it cannot run yet (`summary`: the folder's
+/// state, which holds the chosen cell a final point needs).
 fn plan(
     spec: &SweepSpec,
     out: &Path,
     index: usize,
     point: Point,
+    summary: &Summary,
 ) -> Result<(crate::TrainConfig, std::path::PathBuf), TrainError> {
     match point {
         Point::Grid { lr, wd } => Ok((spec.grid_config(lr, wd), grid_dir(out, lr, wd))),
@@ -59,7 +61,6 @@ fn plan(
             ),
         )),
         Point::Final { seed } => {
-            let summary = summarize(spec, out)?;
             let Some((lr, wd)) = summary.chosen else {
                 let pending: Vec<String> = summary
                     .grid
@@ -86,7 +87,6 @@ fn plan(
 }
 
 /// Trains a claimed point; an error is also appended to the point's log.
-#[allow(clippy::too_many_arguments)]
 fn train_claimed<B: AutodiffBackend>(
     cfg: &crate::TrainConfig,
     dir: &Path,
@@ -138,7 +138,7 @@ pub fn run_point<B: AutodiffBackend>(
             format!("no point {index}: this sweep has points 0..{}", pts.len()),
         )
     })?;
-    let (cfg, dir) = plan(spec, out, index, point)?;
+    let (cfg, dir) = plan(spec, out, index, point, &summarize(spec, out)?)?;
     if read_result(&dir)?.is_some() {
         return Ok((point, PointOutcome::Skipped));
     }
@@ -162,9 +162,9 @@ pub fn run_point<B: AutodiffBackend>(
 
 /// Works on the sweep until nothing is left that this worker can do: claims the first point
 /// that is neither finished nor held by another worker, trains it, writes the summary, and
-/// starts over (a point finished before it came to it is reported once as skipped); waits (`poll`) while the remaining points are held by others or need a stage
-/// they are finishing. Any number of workers may run this on one folder at once.
-#[allow(clippy::too_many_arguments)]
+/// starts over (a point finished before it came to it is reported once as skipped); waits
+/// (`poll`) while the remaining points are held by others or need a stage they are finishing.
+/// Any number of workers may run this on one folder at once.
 pub fn work<B: AutodiffBackend>(
     spec: &SweepSpec,
     out: &Path,
@@ -177,7 +177,7 @@ pub fn work<B: AutodiffBackend>(
     let mut reported = std::collections::BTreeSet::new();
     loop {
         let pts = points(spec, out)?;
-        let grid_chosen = summarize(spec, out)?.chosen.is_some();
+        let summary = summarize(spec, out)?;
         let mut blocked = false;
         let mut ran = None;
         for (index, &point) in pts.iter().enumerate() {
@@ -192,7 +192,7 @@ pub fn work<B: AutodiffBackend>(
                 }
                 continue;
             }
-            if matches!(point, Point::Final { .. }) && !grid_chosen {
+            if matches!(point, Point::Final { .. }) && summary.chosen.is_none() {
                 blocked = true;
                 continue;
             }
@@ -200,7 +200,7 @@ pub fn work<B: AutodiffBackend>(
                 blocked = true;
                 continue;
             };
-            let (cfg, dir) = plan(spec, out, index, point)?;
+            let (cfg, dir) = plan(spec, out, index, point, &summary)?;
             let mut m = monitor();
             let outcome = train_claimed::<B>(&cfg, &dir, out, index, device, device_label, m.as_mut())?;
             drop(m);
