@@ -7,11 +7,14 @@
 //!   MNIST (see `mnist.rs`) and write `datasets/weights/vit-mnist.safetensors`.
 //! * `cargo xtask ci` — what CI runs (`.ci/run`): fmt check, clippy and tests with and without the
 //!   CPU kernels, and a `cuda` feature check.
+//! * `cargo xtask fuzz <target|all> --seconds N [--jobs J]` — coverage-guided fuzzing of one
+//!   parser with AFL++ (see `fuzz.rs`).
 //! * `cargo xtask fashion-mnist [--src DIR] [--out DIR] [--force]` — (re)build the embedded
 //!   `datasets/fashion-mnist-1k` task from the Debian package `dataset-fashion-mnist`.
 
 mod compare;
 mod fashion_mnist;
+mod fuzz;
 mod mnist;
 
 use std::path::PathBuf;
@@ -346,6 +349,10 @@ tasks:
                    with the shipped backbone: each method's lr chosen on train800 -> val200
                    (8 epochs), then 3 seeds on train800val200 -> test
                    -> docs/results/fashion-mnist-1k.md
+  fuzz <TARGET|all|list> [--seconds N] [--jobs J]
+                   run the AFL++ harness of crates/vapt-fuzz (cargo install cargo-afl) on one
+                   parser for N seconds (default 60); keeps the minimised corpus and any crash
+                   in crates/vapt-fuzz/{corpus,crashes}/TARGET, replayed by `cargo test`
   ci               fmt check, clippy -D warnings, tests, cuda feature check
   fashion-mnist [--src DIR] [--out DIR] [--force]
                    rebuild datasets/fashion-mnist-1k from the Debian package dataset-fashion-mnist";
@@ -361,6 +368,7 @@ fn main() -> ExitCode {
         Some("pretrain") => pretrain(&args[1..]),
         Some("compare") => compare::compare(&args[1..]),
         Some("fashion-mnist") => fashion(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             println!("{HELP}");
             Ok(())

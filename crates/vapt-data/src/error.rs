@@ -31,11 +31,13 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
-    /// An image listed in a split is missing.
-    #[error("{path}: image listed in {list}{at} does not exist", path = .path.display(), list = .list.display(), at = .line.map(|l| format!(":{l}")).unwrap_or_default())]
+    /// An image listed in a split is missing, or not a file that can be read.
+    #[error("{path}: image listed in {list}{at} {problem}", path = .path.display(), list = .list.display(), at = .line.map(|l| format!(":{l}")).unwrap_or_default())]
     MissingImage {
         /// The image path.
         path: PathBuf,
+        /// What is wrong (`does not exist`, `is a folder`, `is a symbolic link loop`, ...).
+        problem: String,
         /// The list/json file naming it.
         list: PathBuf,
         /// Line in the list, if any.

@@ -74,8 +74,14 @@ pub fn dataset(name: &str) -> Result<FgvcInfo, DataError> {
 }
 
 fn read_json(path: &Path) -> Result<Vec<(String, i64)>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| DataError::Json {
+    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    parse_json(&bytes, path)
+}
+
+/// Parses the content of split file `path` (VPT's FGVC json: one object mapping image path →
+/// integer class id) into `(path, id)` pairs in key order.
+pub fn parse_json(bytes: &[u8], path: &Path) -> Result<Vec<(String, i64)>, DataError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| DataError::Json {
         path: path.to_path_buf(),
         message: format!("invalid JSON: {e}"),
     })?;

@@ -27,6 +27,27 @@ pub const CACHE_LIMIT: usize = 20_000;
 /// far below it; `/dev/zero` or a mislabelled disk image is not).
 pub const MAX_IMAGE_FILE_BYTES: u64 = 512 << 20;
 
+/// Why `path` is not a file an image can be read from (`None` when it is one): it does not
+/// exist, is a folder, a symbolic link loop, a device, or cannot be looked at.
+pub(crate) fn not_a_file(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some("is a folder, not an image file".into()),
+        Ok(_) => Some("is not a regular file (a device or a pipe)".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(
+            if path.is_symlink() {
+                "is a symbolic link to nothing"
+            } else {
+                "does not exist"
+            }
+            .into(),
+        ),
+        // ELOOP: the link resolves to itself.
+        Err(e) if e.raw_os_error() == Some(40) => Some("is a symbolic link loop".into()),
+        Err(e) => Some(format!("cannot be read ({e})")),
+    }
+}
+
 /// Decodes an image file to 8-bit RGB. Only regular files up to [`MAX_IMAGE_FILE_BYTES`] are
 /// read; the decoder's own limits (the `image` crate's 512 MiB allocation cap) bound what a
 /// small file can claim to expand to.
@@ -143,9 +164,10 @@ impl ImageSet {
     /// line) that named it.
     pub fn image(&self, i: usize) -> Result<Arc<Rgb8>, DataError> {
         let s = &self.split.samples[i];
-        if !s.path.is_file() {
+        if let Some(problem) = not_a_file(&s.path) {
             return Err(DataError::MissingImage {
                 path: s.path.clone(),
+                problem,
                 list: self.split.source.clone(),
                 line: s.line,
             });

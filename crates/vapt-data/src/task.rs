@@ -175,6 +175,6 @@ impl Task {
     pub fn manifest_sha256(&self) -> Option<String> {
         std::fs::read(self.dir().join(crate::verify::MANIFEST))
             .ok()
-            .map(|b| crate::verify::hex_sha256(&b))
+            .map(|b| vapt_files::sha256_hex(&b))
     }
 }

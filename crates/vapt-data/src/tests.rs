@@ -320,6 +320,42 @@ fn missing_image_names_the_image_and_the_list_line() {
     assert_names(&err, &["000001.jpg", "test.txt:2", "does not exist"]);
 }
 
+/// A folder, a symbolic link loop and a dangling link in a list each say what they are.
+#[test]
+fn an_unreadable_list_entry_says_what_it_is() {
+    let (_root, task) = vtab_folder();
+    let images = task.join("images/test");
+    let cases = [
+        (0, "is a folder"),
+        (1, "is a symbolic link loop"),
+        (2, "is a symbolic link to nothing"),
+    ];
+    std::fs::remove_file(images.join("000000.png")).unwrap();
+    std::fs::create_dir(images.join("000000.png")).unwrap();
+    std::fs::remove_file(images.join("000001.jpg")).unwrap();
+    std::os::unix::fs::symlink(images.join("000001.jpg"), images.join("000001.jpg")).unwrap();
+    std::fs::remove_file(images.join("000002.png")).unwrap();
+    std::os::unix::fs::symlink(images.join("gone.png"), images.join("000002.png")).unwrap();
+    let set = ImageSet::new(
+        vtab::open_dir(&task, 3, VtabSplit::Test).unwrap(),
+        Transform::vtab(8, [0.0; 3], [1.0; 3]),
+        0,
+    );
+    for (i, problem) in cases {
+        let err = set.image(i).unwrap_err();
+        assert_names(&err, &[&format!("test.txt:{}", i + 1), problem]);
+    }
+}
+
+/// A list line that is not UTF-8 is an error with its line number.
+#[test]
+fn a_list_line_that_is_not_utf8_names_its_line() {
+    let (_root, task) = vtab_folder();
+    std::fs::write(task.join("val200.txt"), b"a.png 0\nb\xff.png 1\n").unwrap();
+    let err = vtab::open_dir(&task, 3, VtabSplit::Val200).unwrap_err();
+    assert_names(&err, &["val200.txt:2", "not UTF-8"]);
+}
+
 #[test]
 fn undecodable_image_names_the_file() {
     let (_root, task) = vtab_folder();

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::DataError;
 use crate::split::Split;
@@ -46,11 +45,6 @@ pub struct VerifyReport {
     pub written: bool,
     /// SHA-256 of the manifest file (identifies the data in run records).
     pub manifest_sha256: String,
-}
-
-/// SHA-256 of a byte slice, lower-case hex.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The splits of a dataset folder: VTAB lists (any of the four present), FGVC json files, or a
@@ -107,9 +101,10 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
             .samples
             .par_iter()
             .map(|s| {
-                if !s.path.is_file() {
+                if let Some(problem) = crate::images::not_a_file(&s.path) {
                     return Err(DataError::MissingImage {
                         path: s.path.clone(),
+                        problem,
                         list: split.source.clone(),
                         line: s.line,
                     });
@@ -122,7 +117,7 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
                     .unwrap_or(&s.path)
                     .to_string_lossy()
                     .replace('\\', "/");
-                Ok((rel, hex_sha256(&bytes)))
+                Ok((rel, vapt_files::sha256_hex(&bytes)))
             })
             .collect::<Result<_, DataError>>()?;
         files.extend(hashes);
@@ -177,16 +172,14 @@ pub fn verify(dir: &Path, num_classes: Option<usize>) -> Result<VerifyReport, Da
             manifest,
             manifest_path: path,
             written: false,
-            manifest_sha256: hex_sha256(old_text.as_bytes()),
+            manifest_sha256: vapt_files::sha256_hex(old_text.as_bytes()),
         });
     }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, &text).map_err(|e| DataError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
+    vapt_files::write_atomic(&path, text.as_bytes()).map_err(|e| DataError::io(&e.path, e.source))?;
     Ok(VerifyReport {
         manifest,
         manifest_path: path,
         written: true,
-        manifest_sha256: hex_sha256(text.as_bytes()),
+        manifest_sha256: vapt_files::sha256_hex(text.as_bytes()),
     })
 }

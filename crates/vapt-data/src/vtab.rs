@@ -110,15 +110,27 @@ impl VtabSplit {
 /// Reads one list file: `<relative path> <label>` per line; blank lines are skipped. Paths are
 /// joined to `task_dir`; labels must lie below `classes`. Image existence is not checked here.
 pub fn read_list(list: &Path, task_dir: &Path, classes: usize) -> Result<Vec<Sample>, DataError> {
-    let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
+    let bytes = std::fs::read(list).map_err(|e| DataError::io(list, e))?;
+    parse_list(&bytes, list, task_dir, classes)
+}
+
+/// Parses the content of list file `list` (see [`read_list`]); a line that is not UTF-8 is an
+/// error with its number.
+pub fn parse_list(
+    bytes: &[u8],
+    list: &Path,
+    task_dir: &Path,
+    classes: usize,
+) -> Result<Vec<Sample>, DataError> {
     let mut samples = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = i + 1;
         let err = |message: String| DataError::Line {
             path: list.to_path_buf(),
             line,
             message,
         };
+        let raw = std::str::from_utf8(raw).map_err(|e| err(format!("not UTF-8 text ({e})")))?;
         let content = raw.trim();
         if content.is_empty() {
             continue;

@@ -17,6 +17,7 @@ use vapt_vit::{named, RawTensor, TensorMap};
 
 use crate::error::TrainError;
 use crate::files::write_atomic;
+use crate::run_dir::EpochRow;
 
 /// The state file inside `checkpoint/`.
 pub const STATE_FILE: &str = "state.safetensors";
@@ -163,12 +164,6 @@ impl Identity {
     }
 }
 
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// What a checkpoint holds besides tensors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointMeta {
@@ -197,7 +192,7 @@ fn tensors_sha256(map: &TensorMap) -> String {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
     }
-    sha256_hex(&bytes)
+    vapt_files::sha256_hex(&bytes)
 }
 
 /// Saves a checkpoint after `meta.epochs_done` epochs into `dir`: the optimiser state first
@@ -227,19 +222,14 @@ pub fn save<B: Backend, M: Module<B>, R: Record<B>>(
     for (k, t) in named::read(module, buffer_key).tensors {
         map.insert(k, t);
     }
-    let m = &mut map.metadata;
-    m.insert("epochs_done".into(), meta.epochs_done.to_string());
-    m.insert("optimizer".into(), optim_name.clone());
-    m.insert("optimizer_bytes".into(), bytes.len().to_string());
-    m.insert("optimizer_sha256".into(), sha256_hex(&bytes));
-    m.insert("history".into(), meta.history.clone());
-    m.insert("wall_seconds".into(), meta.wall_seconds.to_string());
-    for (k, v) in Identity::KEYS.iter().zip(meta.identity.values()) {
-        m.insert(k.to_string(), v);
-    }
-    map.metadata.insert("tensors_sha256".into(), tensors_sha256(&map));
     let state = dir.join(STATE_FILE);
-    let encoded = safetensors_bytes(&state, &map)?;
+    let file = StateMeta {
+        meta: meta.clone(),
+        optimizer: optim_name,
+        optimizer_bytes: bytes.len(),
+        optimizer_sha256: vapt_files::sha256_hex(&bytes),
+    };
+    let encoded = encode_state(&state, map, &file)?;
     if state.is_file() {
         let prev = dir.join(PREVIOUS_FILE);
         std::fs::rename(&state, &prev).map_err(|e| TrainError::io(&prev, e))?;
@@ -347,26 +337,10 @@ fn load_state<B: Backend, M: Module<B>, R: Record<B>>(
         message,
     };
     let bytes = std::fs::read(state).map_err(|e| TrainError::io(state, e))?;
-    let map = parse_safetensors(state, &bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
-    let meta_of = |k: &str| {
-        map.metadata
-            .get(k)
-            .cloned()
-            .ok_or_else(|| bad(format!("no `{k}` metadata (not a vapt checkpoint, or damaged)")))
-    };
-    let mut unsummed = map.clone();
-    unsummed.metadata.remove("tensors_sha256");
-    if meta_of("tensors_sha256")? != tensors_sha256(&unsummed) {
-        return Err(bad(
-            "its tensors do not match their checksum (the file is damaged)".into(),
-        ));
-    }
-    let saved = Identity {
-        config_sha256: meta_of("config_sha256")?,
-        weights_sha256: Some(meta_of("weights_sha256")?).filter(|v| v != "none"),
-        data_sha256: Some(meta_of("data_sha256")?).filter(|v| v != "none"),
-    };
-    let diffs: Vec<String> = saved
+    let (map, file) = read_state(state, &bytes)?;
+    let diffs: Vec<String> = file
+        .meta
+        .identity
         .differences(expected)
         .into_iter()
         .filter(|(what, _, _)| !allow_changed.iter().any(|a| a == what))
@@ -378,21 +352,7 @@ fn load_state<B: Backend, M: Module<B>, R: Record<B>>(
             differences: diffs.join("; "),
         });
     }
-    let epochs_done: usize = meta_of("epochs_done")?
-        .parse()
-        .map_err(|_| bad("`epochs_done` is not a number".into()))?;
-    let wall_seconds: f64 = meta_of("wall_seconds")?.parse().unwrap_or(0.0);
-    let meta = CheckpointMeta {
-        epochs_done,
-        history: meta_of("history")?,
-        wall_seconds,
-        identity: saved,
-    };
-    let optim_name = meta_of("optimizer")?;
-    if optim_name.contains(['/', '\\']) {
-        return Err(bad(format!("bad optimiser file name `{optim_name}`")));
-    }
-    let optim_path = dir.join(optim_name);
+    let optim_path = dir.join(&file.optimizer);
     let mut restore = Restore {
         map: &map,
         problems: Vec::new(),
@@ -423,8 +383,8 @@ fn load_state<B: Backend, M: Module<B>, R: Record<B>>(
         message,
     };
     let optim_bytes = std::fs::read(&optim_path).map_err(|e| TrainError::io(&optim_path, e))?;
-    if optim_bytes.len().to_string() != meta_of("optimizer_bytes")?
-        || sha256_hex(&optim_bytes) != meta_of("optimizer_sha256")?
+    if optim_bytes.len() != file.optimizer_bytes
+        || vapt_files::sha256_hex(&optim_bytes) != file.optimizer_sha256
     {
         return Err(bad_optim(format!(
             "{} bytes that do not match the checksum recorded in {} (the file is damaged or \
@@ -442,5 +402,113 @@ fn load_state<B: Backend, M: Module<B>, R: Record<B>>(
         Ok(Err(e)) => return Err(bad_optim(e.to_string())),
         Err(_) => return Err(bad_optim("the optimiser state cannot be decoded".into())),
     };
-    Ok((module, record, meta))
+    Ok((module, record, file.meta))
+}
+
+/// What a state file says besides its tensors, read and checked for form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateMeta {
+    /// Epochs, history, wall time, identity.
+    pub meta: CheckpointMeta,
+    /// The optimiser file's name (in the checkpoint folder).
+    pub optimizer: String,
+    /// Its size in bytes.
+    pub optimizer_bytes: usize,
+    /// Its SHA-256.
+    pub optimizer_sha256: String,
+}
+
+/// The bytes of state file `state`: the tensors of `map` with `file`'s metadata and the
+/// tensors' checksum ([`read_state`] reads them back).
+pub fn encode_state(state: &Path, mut map: TensorMap, file: &StateMeta) -> Result<Vec<u8>, TrainError> {
+    let m = &mut map.metadata;
+    let meta = &file.meta;
+    m.insert("epochs_done".into(), meta.epochs_done.to_string());
+    m.insert("optimizer".into(), file.optimizer.clone());
+    m.insert("optimizer_bytes".into(), file.optimizer_bytes.to_string());
+    m.insert("optimizer_sha256".into(), file.optimizer_sha256.clone());
+    m.insert("history".into(), meta.history.clone());
+    m.insert("wall_seconds".into(), meta.wall_seconds.to_string());
+    for (k, v) in Identity::KEYS.iter().zip(meta.identity.values()) {
+        m.insert(k.to_string(), v);
+    }
+    m.remove("tensors_sha256");
+    let sum = tensors_sha256(&map);
+    map.metadata.insert("tensors_sha256".into(), sum);
+    Ok(safetensors_bytes(state, &map)?)
+}
+
+/// Reads the state file `state` (its content `bytes`): the tensors, verified against their
+/// checksum, and the metadata, each field present and well-formed. Whether the checkpoint
+/// belongs to the run is for the caller to check (see [`load`]).
+pub fn read_state(state: &Path, bytes: &[u8]) -> Result<(TensorMap, StateMeta), TrainError> {
+    let bad = |message: String| TrainError::Checkpoint {
+        path: state.to_path_buf(),
+        message,
+    };
+    let map = parse_safetensors(state, bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let meta_of = |k: &str| {
+        map.metadata
+            .get(k)
+            .cloned()
+            .ok_or_else(|| bad(format!("no `{k}` metadata (not a vapt checkpoint, or damaged)")))
+    };
+    let mut unsummed = map.clone();
+    unsummed.metadata.remove("tensors_sha256");
+    if meta_of("tensors_sha256")? != tensors_sha256(&unsummed) {
+        return Err(bad(
+            "its tensors do not match their checksum (the file is damaged)".into(),
+        ));
+    }
+    let number = |k: &str| {
+        meta_of(k)?
+            .parse::<usize>()
+            .map_err(|_| bad(format!("`{k}` is not a number")))
+    };
+    let identity = Identity {
+        config_sha256: meta_of("config_sha256")?,
+        weights_sha256: Some(meta_of("weights_sha256")?).filter(|v| v != "none"),
+        data_sha256: Some(meta_of("data_sha256")?).filter(|v| v != "none"),
+    };
+    let meta = CheckpointMeta {
+        epochs_done: number("epochs_done")?,
+        history: meta_of("history")?,
+        wall_seconds: meta_of("wall_seconds")?.parse().unwrap_or(0.0),
+        identity,
+    };
+    let optimizer = meta_of("optimizer")?;
+    if optimizer.is_empty() || optimizer.contains(['/', '\\']) || optimizer.starts_with('.') {
+        return Err(bad(format!("bad optimiser file name `{optimizer}`")));
+    }
+    let file = StateMeta {
+        meta,
+        optimizer,
+        optimizer_bytes: number("optimizer_bytes")?,
+        optimizer_sha256: meta_of("optimizer_sha256")?,
+    };
+    Ok((map, file))
+}
+
+impl CheckpointMeta {
+    /// The metric history as rows, checked against the epoch counter and the run's `epochs`
+    /// (`state` names the file in errors).
+    pub fn rows(&self, state: &Path, epochs: usize) -> Result<Vec<EpochRow>, TrainError> {
+        let bad = |message: String| TrainError::Checkpoint {
+            path: state.to_path_buf(),
+            message,
+        };
+        let rows: Vec<EpochRow> =
+            serde_json::from_str(&self.history).map_err(|e| bad(format!("bad metric history: {e}")))?;
+        let done = self.epochs_done;
+        let in_order = rows.iter().enumerate().all(|(i, r)| r.epoch == i);
+        if rows.len() != done || !in_order || done > epochs {
+            return Err(bad(format!(
+                "its epoch counter ({done}) does not match its metric history ({} rows, epochs {}) \
+                 and the run's {epochs} epochs",
+                rows.len(),
+                if in_order { "in order" } else { "out of order" },
+            )));
+        }
+        Ok(rows)
+    }
 }

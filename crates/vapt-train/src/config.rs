@@ -131,16 +131,22 @@ impl TrainConfig {
     /// Reads a TOML (`.toml`) or JSON (any other extension) file; unknown keys are errors that
     /// name the file (and, for TOML, the line).
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        Self::parse(&bytes, path, is_toml)
+    }
+
+    /// Parses the content of config file `path` as TOML or JSON (see [`TrainConfig::from_file`]).
+    pub fn parse(bytes: &[u8], path: &Path, is_toml: bool) -> Result<Self, TrainError> {
         let bad = |message: String| TrainError::Config {
             path: path.to_path_buf(),
             message,
         };
-        let is_toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
         if is_toml {
-            toml::from_str(&text).map_err(|e| bad(e.to_string()))
+            let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("not UTF-8 text ({e})")))?;
+            toml::from_str(text).map_err(|e| bad(e.to_string()))
         } else {
-            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+            serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
         }
     }
 

@@ -36,6 +36,13 @@ impl Schedule {
         }
     }
 
+    /// The schedule of a training set of `images`: a batch larger than the set is the set (the
+    /// lr is scaled by the batch a step really takes).
+    pub fn with_images(mut self, images: usize) -> Self {
+        self.batch_size = self.batch_size.min(images.max(1));
+        self
+    }
+
     /// Peak learning rate `base_lr × batch / 256`.
     pub fn peak_lr(&self) -> f64 {
         self.base_lr * self.batch_size as f64 / 256.0

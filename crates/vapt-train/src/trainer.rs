@@ -121,7 +121,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
     ) -> Result<Outcome, TrainError> {
         let cfg = self.cfg;
         let ckpt_dir = self.opts.out.join(CHECKPOINT_DIR);
-        let schedule = cfg.optim.schedule();
+        let mut schedule = cfg.optim.schedule();
         // A new run folder has no checkpoint (`run_dir::check` refuses an unfinished one
         // without --resume).
         let identity = self.identity()?;
@@ -140,25 +140,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
             Some(loaded) => {
                 optim = optim.load_record(loaded.record);
                 let state = ckpt_dir.join(checkpoint::STATE_FILE);
-                self.history =
-                    serde_json::from_str(&loaded.meta.history).map_err(|e| TrainError::Checkpoint {
-                        path: state.clone(),
-                        message: format!("bad metric history: {e}"),
-                    })?;
+                self.history = loaded.meta.rows(&state, schedule.epochs)?;
                 let done = loaded.meta.epochs_done;
-                let rows_in_order = self.history.iter().enumerate().all(|(i, r)| r.epoch == i);
-                if self.history.len() != done || !rows_in_order || done > schedule.epochs {
-                    return Err(TrainError::Checkpoint {
-                        path: state,
-                        message: format!(
-                            "its epoch counter ({done}) does not match its metric history ({} \
-                             rows, epochs {}) and the run's {} epochs",
-                            self.history.len(),
-                            if rows_in_order { "in order" } else { "out of order" },
-                            schedule.epochs
-                        ),
-                    });
-                }
                 if let Some(why) = &loaded.fell_back {
                     self.monitor.message(why);
                 }
@@ -181,6 +164,18 @@ impl<B: AutodiffBackend> Run<'_, B> {
             train_images: train_loader.len(),
             eval_images: eval_loader.len(),
         });
+        if train_loader.len() < schedule.batch_size {
+            // Every step sees the whole training set: the lr scales with the batch it really is.
+            schedule = schedule.with_images(train_loader.len());
+            self.monitor.message(&format!(
+                "batch {} is larger than the {} training images: every step takes all of them, \
+                 and the lr is scaled by {}/256 (peak lr {})",
+                cfg.optim.batch_size,
+                train_loader.len(),
+                schedule.batch_size,
+                schedule.peak_lr()
+            ));
+        }
         for epoch in start..schedule.epochs {
             let t0 = Instant::now();
             let lr = schedule.lr(epoch);
@@ -376,7 +371,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             message: e.to_string(),
         })?;
         Ok(checkpoint::Identity {
-            config_sha256: checkpoint::sha256_hex(&json),
+            config_sha256: vapt_files::sha256_hex(&json),
             weights_sha256: self.pre.sha256.clone(),
             data_sha256: self.data_sha.clone(),
         })

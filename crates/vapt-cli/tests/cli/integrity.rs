@@ -271,6 +271,26 @@ fn small_mistakes_get_one_clear_message() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--stop-after"), "{err}");
     assert!(!out.exists(), "refused commands leave no run folder");
+    // A batch larger than the training set is the training set: the lr scales with that.
+    let big = tmp.path().join("big-batch");
+    let mut a = args(tmp.path(), &weights, &big, &[]);
+    let b = a.iter().position(|x| x == "--batch-size").unwrap();
+    a[b + 1] = "64".into();
+    let (stdout, stderr) = ok(&a);
+    let said = format!("{stdout}{stderr}");
+    let images: f64 = said
+        .split("batch 64 is larger than the ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no message about the batch: {said}"));
+    assert!((1.0..64.0).contains(&images), "{said}");
+    // Warm-up 1 of 4 epochs: epoch 1 runs at the peak lr, 4 × images / 256 (not 4 × 64 / 256).
+    let lr = metrics(&big)[1]["lr"].as_f64().unwrap();
+    assert!(
+        (lr - 4.0 * images / 256.0).abs() < 1e-12,
+        "lr {lr} with {images} images"
+    );
 }
 
 /// SIGKILL at 20 moments spread over the run (start-up, epochs, checkpoint writes, the finish),

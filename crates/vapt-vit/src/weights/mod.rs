@@ -27,7 +27,6 @@ pub mod timm;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use sha2::{Digest, Sha256};
 
 use crate::config::{BackboneKind, VitConfig};
 use crate::model::Vit;
@@ -230,20 +229,14 @@ pub fn read_file(path: &Path) -> Result<(TensorMap, String, FileFormat), LoadErr
         path: path.to_path_buf(),
         source,
     })?;
-    let sha = hex_sha256(&bytes);
+    let sha = vapt_files::sha256_hex(&bytes);
     let format = FileFormat::detect(&bytes);
     let map = match format {
-        FileFormat::Pytorch => pth::parse_pth(path)?,
+        FileFormat::Pytorch => pth::parse_pth(path, &bytes)?,
         FileFormat::Npz => npz::parse_npz(path, &bytes)?,
         FileFormat::Safetensors => parse_safetensors(path, &bytes)?,
     };
     Ok((map, sha, format))
-}
-
-/// SHA-256 of a byte slice, lower-case hex.
-pub fn hex_sha256(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Converts a map in any layout to the native layout for `arch` (validating every key).

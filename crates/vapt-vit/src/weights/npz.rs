@@ -26,27 +26,16 @@ pub fn parse_npz(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
         }
         let name = entry.name().to_string();
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
-        // Sizes in a zip are claims: check them against the file before allocating, and never
-        // read past the claim. Deflate expands at most ~1032:1.
-        let (size, packed) = (entry.size(), entry.compressed_size());
-        let stored = entry.compression() == zip::CompressionMethod::Stored;
-        let most = if stored {
-            packed
-        } else {
-            packed.saturating_mul(1032).saturating_add(1024)
-        };
-        if packed > bytes.len() as u64 || size > most {
-            return Err(LoadError::Entry {
-                path: path.to_path_buf(),
-                key,
-                message: format!(
-                    "the archive claims {size} bytes ({packed} compressed) for this entry, more than \
-                     a {}-byte file can hold: the file is damaged or not an npz",
-                    bytes.len()
-                ),
-            });
-        }
-        let mut buf = Vec::with_capacity(size as usize);
+        // Sizes in a zip are claims: checked against the file before allocating, and never read
+        // past.
+        let size = entry.size();
+        entry_fits(&entry, bytes.len()).map_err(|message| LoadError::Entry {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            message: format!("{message}: the file is damaged or not an npz"),
+        })?;
+        // Deflated entries grow as they decompress: reserve no more than the file's length.
+        let mut buf = Vec::with_capacity(size.min(bytes.len() as u64) as usize);
         (&mut entry)
             .take(size.saturating_add(1))
             .read_to_end(&mut buf)
@@ -178,6 +167,29 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
         rest.find([',', '}']).unwrap_or(rest.len())
     };
     Some(rest[..end].trim())
+}
+
+/// Checks a zip entry's claimed sizes against the archive's length `file_len`: the packed size
+/// must lie inside the file and the unpacked size within what it can expand to (itself when
+/// stored; deflate expands at most ~1032:1).
+pub(crate) fn entry_fits<R: std::io::Read>(
+    entry: &zip::read::ZipFile<'_, R>,
+    file_len: usize,
+) -> Result<(), String> {
+    let (size, packed) = (entry.size(), entry.compressed_size());
+    let most = if entry.compression() == zip::CompressionMethod::Stored {
+        packed
+    } else {
+        packed.saturating_mul(1032).saturating_add(1024)
+    };
+    if packed > file_len as u64 || size > most {
+        return Err(format!(
+            "the archive claims {size} bytes ({packed} compressed) for `{}`, more than a \
+             {file_len}-byte file can hold",
+            entry.name()
+        ));
+    }
+    Ok(())
 }
 
 /// Serialises one float32 array as `.npy` (version 1, C order).

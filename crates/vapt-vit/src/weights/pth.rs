@@ -45,8 +45,9 @@ pub fn is_pth(bytes: &[u8]) -> bool {
 /// Reads the checkpoint at `path`. A file the reader cannot parse (not a checkpoint, truncated)
 /// is an error naming the file; a panic inside the reader (while parsing the pickle or reading a
 /// storage) is caught and reported the same way.
-pub fn parse_pth(path: &Path) -> Result<TensorMap, LoadError> {
-    std::panic::catch_unwind(|| read_state_dict(path)).unwrap_or_else(|panic| {
+pub fn parse_pth(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
+    let largest = largest_storage(path, bytes)?;
+    std::panic::catch_unwind(|| read_state_dict(path, largest)).unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<String>()
             .cloned()
@@ -59,7 +60,34 @@ pub fn parse_pth(path: &Path) -> Result<TensorMap, LoadError> {
     })
 }
 
-fn read_state_dict(path: &Path) -> Result<TensorMap, LoadError> {
+/// The most bytes one tensor of the file (its content `bytes`) can hold: the largest storage
+/// entry of a zip checkpoint — every entry's claimed size checked against the file first, as
+/// the reader trusts them — or the file's length for the other containers.
+fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
+    if !bytes.starts_with(b"PK") {
+        return Ok(bytes.len() as u64);
+    }
+    let format = |message: String| LoadError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format(format!("not a readable PyTorch checkpoint (zip): {e}")))?;
+    let mut largest = 0;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index(i)
+            .map_err(|e| format(format!("cannot read zip entry #{i}: {e}")))?;
+        super::npz::entry_fits(&entry, bytes.len())
+            .map_err(|m| format(format!("{m}: the file is damaged")))?;
+        if entry.name().contains("/data/") || entry.name().starts_with("data/") {
+            largest = largest.max(entry.size());
+        }
+    }
+    Ok(largest)
+}
+
+fn read_state_dict(path: &Path, largest: u64) -> Result<TensorMap, LoadError> {
     let format = |message: String| LoadError::Format {
         path: path.to_path_buf(),
         message,
@@ -99,6 +127,25 @@ fn read_state_dict(path: &Path) -> Result<TensorMap, LoadError> {
             map.other_entries.push(key);
             continue;
         };
+        // The shape is the pickle's claim: it must fit in a storage before anything is allocated
+        // (the reader would allocate the claim and pad a short storage with zeros).
+        let claimed = snapshot
+            .shape
+            .as_slice()
+            .iter()
+            .try_fold(snapshot.dtype.size() as u64, |n, &d| n.checked_mul(d as u64));
+        if claimed.is_none_or(|n| n > largest) {
+            return Err(LoadError::Entry {
+                path: path.to_path_buf(),
+                key: key.clone(),
+                message: format!(
+                    "shape {:?} of {:?} needs more bytes than the file's largest storage ({largest}): \
+                     the file is damaged",
+                    snapshot.shape.as_slice(),
+                    snapshot.dtype
+                ),
+            });
+        }
         let data = snapshot
             .to_data()
             .map_err(|e| LoadError::Entry {

@@ -76,19 +76,9 @@ fn view_to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
 /// renamed over `path`.
 pub fn write_safetensors(path: &Path, map: &TensorMap) -> Result<(), LoadError> {
     let bytes = safetensors_bytes(path, map)?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    written.map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        LoadError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+    vapt_files::write_atomic(path, &bytes).map_err(|e| LoadError::Io {
+        path: e.path,
+        source: e.source,
     })
 }
 
