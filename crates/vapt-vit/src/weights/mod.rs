@@ -17,6 +17,7 @@ pub mod google;
 pub mod named;
 pub mod native;
 pub mod npz;
+mod pickle_check;
 pub mod posemb;
 pub mod pth;
 pub mod rename;

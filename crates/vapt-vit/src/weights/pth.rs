@@ -61,25 +61,37 @@ pub fn parse_pth(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
 }
 
 /// The most bytes one tensor of the file (its content `bytes`) can hold: the largest storage
-/// entry of a zip checkpoint — every entry's claimed size checked against the file first, as
-/// the reader trusts them — or the file's length for the other containers.
+/// entry of a zip checkpoint — every entry's claimed size and every length in its pickle checked
+/// against the file first, as the reader trusts them — or the file's length for a plain or
+/// legacy pickle (its pickles checked the same way).
 fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
-    if !bytes.starts_with(b"PK") {
-        return Ok(bytes.len() as u64);
-    }
     let format = |message: String| LoadError::Format {
         path: path.to_path_buf(),
         message,
     };
+    let damaged = |m: String| format(format!("{m}: the file is damaged"));
+    if !bytes.starts_with(b"PK") {
+        // A tar archive's members are not walked (its header is no pickle).
+        if bytes.get(257..262) != Some(b"ustar".as_slice()) {
+            super::pickle_check::check_pickles(bytes).map_err(damaged)?;
+        }
+        return Ok(bytes.len() as u64);
+    }
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| format(format!("not a readable PyTorch checkpoint (zip): {e}")))?;
     let mut largest = 0;
     for i in 0..zip.len() {
-        let entry = zip
+        let mut entry = zip
             .by_index(i)
             .map_err(|e| format(format!("cannot read zip entry #{i}: {e}")))?;
-        super::npz::entry_fits(&entry, bytes.len())
-            .map_err(|m| format(format!("{m}: the file is damaged")))?;
+        super::npz::entry_fits(&entry, bytes.len()).map_err(damaged)?;
+        if entry.name().ends_with(".pkl") {
+            let mut pickle = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut pickle)
+                .map_err(|e| format(format!("cannot read `{}`: {e}", entry.name())))?;
+            super::pickle_check::check_pickle(&pickle)
+                .map_err(|m| damaged(format!("`{}`: {m}", entry.name())))?;
+        }
         if entry.name().contains("/data/") || entry.name().starts_with("data/") {
             largest = largest.max(entry.size());
         }
