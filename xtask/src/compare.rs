@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{fashion_recipe, repo_root, vapt, vapt_output, SHIPPED_WEIGHTS};
+use crate::{fashion_recipe, repo_root, vapt, vapt_output, RECIPE_WD, SHIPPED_WEIGHTS};
 
 /// Candidate base lrs of prompt, head, bias and adapter methods (the paper's grid, thinned).
 const PROMPT_LRS: &[&str] = &["2.5", "1", "0.5", "0.1"];
@@ -169,6 +169,7 @@ pub fn compare(args: &[String]) -> Result<()> {
     } else {
         None
     };
+    report(&root, &rows, &epochs, &seeds)?;
     let doc = document(&rows, &epochs, &seeds, view.as_deref());
     let path = root.join("docs/results/fashion-mnist-1k.md");
     std::fs::create_dir_all(path.parent().context("no parent")?)?;
@@ -178,23 +179,90 @@ pub fn compare(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `vapt analyze` of the first VAPT run (text; the heatmap goes next to the document).
+/// Where `vapt report --html` puts the comparison's page and its PNGs.
+const REPORT_DIR: &str = "docs/results/fashion-mnist-1k";
+
+/// The comparison as sweep folders (`target/compare/report/<method>/`: a `summary.json` in vapt's
+/// sweep layout — the lr candidates as a one-column grid at the recipe's wd — and the final runs
+/// linked as `final/seed<N>`), rendered by `vapt report --html` into [`REPORT_DIR`]: the page of
+/// the committed results is the report any sweep gets.
+fn report(root: &Path, rows: &[Row], epochs: &str, seeds: &[String]) -> Result<()> {
+    let base = root.join("target/compare/report");
+    let _ = std::fs::remove_dir_all(&base);
+    let result = |r: &Row, seed: &str| -> Result<serde_json::Value> {
+        let run = root.join(format!(
+            "target/compare/e{epochs}/{}-lr{}-seed{seed}",
+            r.method, r.lr
+        ));
+        Ok(serde_json::from_str(&std::fs::read_to_string(
+            run.join("result.json"),
+        )?)?)
+    };
+    // The backbone's size, for runs from before vapt recorded it: what linear probing freezes.
+    let frozen = match rows.iter().find(|r| r.method == "linear") {
+        Some(r) => {
+            let v = result(r, &seeds[0])?;
+            let n = |k: &str| v[k].as_u64().unwrap_or(0);
+            serde_json::json!(n("total_params") - n("trainable_params"))
+        }
+        None => serde_json::Value::Null,
+    };
+    for r in rows {
+        let dir = base.join(&r.method);
+        std::fs::create_dir_all(dir.join("final"))?;
+        let mut first: Option<serde_json::Value> = None;
+        for seed in seeds {
+            let run = root.join(format!(
+                "target/compare/e{epochs}/{}-lr{}-seed{seed}",
+                r.method, r.lr
+            ));
+            std::os::unix::fs::symlink(&run, dir.join("final").join(format!("seed{seed}")))?;
+            if first.is_none() {
+                first = Some(result(r, seed)?);
+            }
+        }
+        let first = first.context("no seeds")?;
+        let lr = |s: &str| s.parse::<f64>().unwrap_or(f64::NAN);
+        let (mean, std) = mean_std(&r.tops);
+        let summary = serde_json::json!({
+            "task": first["task"],
+            "method": r.method,
+            "grid": r.candidates.iter().map(|(c, top1)| serde_json::json!({
+                "lr": lr(c), "wd": RECIPE_WD, "val_top1": top1, "status": "ok"
+            })).collect::<Vec<_>>(),
+            "chosen": [lr(&r.lr), RECIPE_WD],
+            "seeds": seeds.iter().map(|s| s.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>(),
+            "finals": r.tops,
+            "mean": mean,
+            "std": std,
+            "trainable_params": first["trainable_params"],
+            "total_params": first["total_params"],
+            "backbone_params": if first["backbone_params"].is_null() { frozen.clone() } else { first["backbone_params"].clone() },
+            "backbone": first["backbone_kind"],
+        });
+        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    }
+    vapt(
+        "report",
+        &[
+            base.display().to_string(),
+            "--html".into(),
+            root.join(REPORT_DIR).display().to_string(),
+            "--moe-images".into(),
+            "64".into(),
+        ],
+    )
+}
+
+/// `vapt analyze` of the first VAPT run (its table; the figure is in the report).
 fn moe_view(root: &Path, epochs: &str, lr: &str, seed: &str) -> Result<String> {
     let first: PathBuf = root.join(format!("target/compare/e{epochs}/vapt-lr{lr}-seed{seed}"));
-    let png = root.join("docs/results/fashion-mnist-1k-vapt-moe.png");
-    let view = vapt_output(&[
+    vapt_output(&[
         "analyze".into(),
         first.display().to_string(),
         "--images".into(),
         "64".into(),
-        "--png".into(),
-        png.display().to_string(),
-    ])?;
-    Ok(view
-        .lines()
-        .filter(|l| !l.starts_with("heatmap:"))
-        .map(|l| format!("{l}\n"))
-        .collect())
+    ])
 }
 
 /// Population mean and std.
@@ -245,6 +313,10 @@ fn document(rows: &[Row], epochs: &str, seeds: &[String], view: Option<&str>) ->
          over seeds {}.\n\n{table}\n\
          Reproduce: `cargo xtask compare --epochs {epochs} --seeds {}` (CPU; runs are kept in \
          `target/compare/` and reused). Wall time is per run, on the machine that ran the command.\n\n\
+         ![Test top-1 of every seed of every method](fashion-mnist-1k/seeds-fashion-mnist-1k.png)\n\n\
+         The full report — every method's lr selection as a grid, the curves of every final run, the MoE \
+         view of each prompt method, the provenance — is [`fashion-mnist-1k/index.html`](fashion-mnist-1k/index.html) \
+         (one offline page, made by `vapt report --html`).\n\n\
          ## lr selection\n\n\
          Candidates: the method family's grid thinned to four; where the best lies on an edge of \
          them, the grid grows past it (÷5 below, ×2 above, at most twice per side).\n\n{selection}",
@@ -254,9 +326,9 @@ fn document(rows: &[Row], epochs: &str, seeds: &[String], view: Option<&str>) ->
     if let Some(view) = view {
         doc.push_str(&format!(
             "\n## Where VAPT's attention goes (seed {}, 64 test images)\n\n\
-             `vapt analyze` on the first VAPT run; the heatmap `fashion-mnist-1k-vapt-moe.png` shows the \
-             same numbers (rows = blocks, columns = heads; left: CLS query, right: patch queries; \
-             brighter = more gate mass on the prompt experts).\n\n```text\n{view}```\n",
+             `vapt analyze` on the first VAPT run; the figure shows the same numbers per block and head \
+             (left: CLS query, right: patch queries; brighter = more gate mass on the prompt experts).\n\n\
+             ![VAPT's gate mass on its prompt experts](fashion-mnist-1k/moe-vapt.png)\n\n```text\n{view}```\n",
             seeds[0]
         ));
     }

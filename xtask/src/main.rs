@@ -287,6 +287,9 @@ fn pretrain(args: &[String]) -> Result<()> {
 /// epochs; `cargo xtask compare` repeats that selection for every method).
 const FASHION_VAPT_LR: &str = "0.5";
 
+/// The recipe's weight decay (one value: the shipped task has no wd sweep).
+const RECIPE_WD: f64 = 0.0001;
+
 /// The shared recipe of `compare` and the default run on `datasets/fashion-mnist-1k` (besides
 /// method, seed, backbone, splits and output folder).
 fn fashion_recipe(root: &std::path::Path, epochs: &str, lr: &str) -> Vec<String> {
@@ -302,7 +305,7 @@ fn fashion_recipe(root: &std::path::Path, epochs: &str, lr: &str) -> Vec<String>
         "--lr",
         lr,
         "--wd",
-        "0.0001",
+        &RECIPE_WD.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())

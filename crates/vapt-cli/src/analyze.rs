@@ -1,9 +1,11 @@
-//! `vapt analyze`: the mixture-of-experts view of a trained model as a table and a PNG heatmap.
+//! `vapt analyze`: the mixture-of-experts view of a trained model as a table, and as a labelled
+//! figure (`vapt_train::figures::moe`) in PNG and/or SVG.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use vapt_experts::MoeView;
+use vapt_plot::Figure;
 
 /// One row per block: the prompt gate mass of the CLS query and of patch queries, averaged over
 /// heads, then the per-head CLS values.
@@ -26,62 +28,16 @@ pub fn table(view: &MoeView) -> String {
     out
 }
 
-/// A colour ramp from dark blue (0) through teal and green to yellow (1), close to viridis.
-pub fn colour(v: f64) -> [u8; 3] {
-    const STOPS: [[f64; 3]; 5] = [
-        [68.0, 1.0, 84.0],
-        [59.0, 82.0, 139.0],
-        [33.0, 145.0, 140.0],
-        [94.0, 201.0, 98.0],
-        [253.0, 231.0, 37.0],
-    ];
-    let x = v.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - i as f64;
-    let c = |k: usize| (STOPS[i][k] + f * (STOPS[i + 1][k] - STOPS[i][k])).round() as u8;
-    [c(0), c(1), c(2)]
-}
-
-/// Writes two heatmaps side by side (left: CLS query, right: patch queries; rows = blocks from
-/// the top, columns = heads; colour = prompt gate mass, scale 0..max) and a colour bar.
-pub fn heatmap(view: &MoeView, path: &Path) -> Result<()> {
-    const CELL: u32 = 24;
-    const GAP: u32 = 12;
-    let rows = view.blocks.len() as u32;
-    let cols = view.blocks.iter().map(Vec::len).max().unwrap_or(0) as u32;
-    let max = view
-        .blocks
-        .iter()
-        .flatten()
-        .flat_map(|g| [g.cls_query.prompt, g.patch_query.prompt])
-        .fold(1e-9f64, f64::max);
-    let panel = cols * CELL;
-    let width = 2 * panel + 3 * GAP + CELL;
-    let height = rows.max(1) * CELL;
-    let mut img = image::RgbImage::from_pixel(width.max(1), height.max(1), image::Rgb([255, 255, 255]));
-    for (b, heads) in view.blocks.iter().enumerate() {
-        for (h, g) in heads.iter().enumerate() {
-            for (p, v) in [g.cls_query.prompt, g.patch_query.prompt].into_iter().enumerate() {
-                let x0 = p as u32 * (panel + GAP) + h as u32 * CELL;
-                let y0 = b as u32 * CELL;
-                let rgb = image::Rgb(colour(v / max));
-                for y in y0..y0 + CELL - 1 {
-                    for x in x0..x0 + CELL - 1 {
-                        img.put_pixel(x, y, rgb);
-                    }
-                }
-            }
-        }
+/// Writes the MoE figure of `view` (from the run or artifact `source`) to the files given.
+pub fn write_figure(view: &MoeView, source: &Path, png: Option<&Path>, svg: Option<&Path>) -> Result<()> {
+    let fig = Figure::render(&vapt_train::figures::moe(view, &source.display().to_string()))?;
+    if let Some(p) = png {
+        std::fs::write(p, &fig.png).with_context(|| format!("writing {}", p.display()))?;
     }
-    let bar_x = 2 * panel + 2 * GAP;
-    for y in 0..height {
-        let v = 1.0 - y as f64 / height.max(1) as f64;
-        for x in bar_x..bar_x + CELL {
-            img.put_pixel(x, y, image::Rgb(colour(v)));
-        }
+    if let Some(p) = svg {
+        std::fs::write(p, &fig.svg).with_context(|| format!("writing {}", p.display()))?;
     }
-    img.save(path)
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -89,8 +45,7 @@ mod tests {
     use super::*;
     use vapt_experts::{GateMass, HeadGates};
 
-    #[test]
-    fn heatmap_has_one_cell_per_block_and_head_coloured_by_mass() {
+    fn view() -> MoeView {
         let g = |v: f64| HeadGates {
             cls_query: GateMass {
                 prompt: v,
@@ -103,22 +58,42 @@ mod tests {
                 cls: 0.0,
             },
         };
-        let view = MoeView {
+        MoeView {
             num_prompts: 4,
-            blocks: vec![vec![g(0.0), g(0.5)], vec![g(1.0), g(0.25)]],
-        };
+            blocks: vec![vec![g(0.0), g(0.5), g(0.75)], vec![g(1.0), g(0.25), g(0.125)]],
+        }
+    }
+
+    #[test]
+    fn the_figure_has_a_labelled_cell_per_block_and_head_in_both_panels() {
         let dir = tempfile::tempdir().unwrap();
-        let png = dir.path().join("moe.png");
-        heatmap(&view, &png).unwrap();
-        let img = image::open(&png).unwrap().to_rgb8();
-        assert_eq!((img.width(), img.height()), (2 * 48 + 36 + 24, 48));
-        assert_eq!(img.get_pixel(2, 2).0, colour(0.0), "block 0 head 0: mass 0");
-        assert_eq!(
-            img.get_pixel(26, 26).0,
-            colour(0.25),
-            "block 1 head 1: mass 0.25 of max 1"
-        );
-        assert_eq!(img.get_pixel(2, 26).0, colour(1.0), "block 1 head 0: the max");
-        assert!(table(&view).contains("    1      0.625"), "{}", table(&view));
+        let (png, svg) = (dir.path().join("moe.png"), dir.path().join("moe.svg"));
+        write_figure(&view(), Path::new("runs/demo"), Some(&png), Some(&svg)).unwrap();
+        let svg = std::fs::read_to_string(&svg).unwrap();
+        let texts: Vec<String> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim().to_string()))
+            .collect();
+        for needle in [
+            "Attention on the 4 prompt experts, per block and head",
+            "runs/demo",
+            "CLS query",
+            "patch queries (mean)",
+            "block",
+            "head",
+            "gate mass on prompts",
+        ] {
+            assert!(texts.iter().any(|t| t == needle), "no `{needle}` in {texts:?}");
+        }
+        // CLS panel: 0.00 0.50 0.75 / 1.00 0.25 0.13 (0.125 rounds to even); patch panel: halves.
+        let count = |v: &str| texts.iter().filter(|t| *t == v).count();
+        assert_eq!(count("0.00"), 2, "block 0 head 0 in both panels");
+        assert_eq!(count("0.75"), 1);
+        assert_eq!(count("0.38"), 1, "0.375 in the patch panel");
+        assert_eq!(count("0.50"), 2, "CLS block 0 head 1 and patch block 1 head 0");
+        let img = image::open(&png).unwrap();
+        assert!(img.width() > 400 && img.height() > 200);
+        assert!(table(&view()).contains("    1      0.458"), "{}", table(&view()));
     }
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use vapt_data::images;
 use vapt_train::Predictor;
 
 use crate::device::Job;
@@ -169,10 +168,13 @@ pub struct AnalyzeArgs {
     /// Images (from the run's evaluation split) to average over.
     #[arg(long, default_value_t = 32)]
     pub images: usize,
-    /// Write the heatmap (rows = blocks, columns = heads, colour = prompt gate mass of the CLS
-    /// query) to this PNG.
+    /// Write the figure (block × head gate mass on the prompts, CLS query and patch queries,
+    /// values in the cells) as PNG to this file.
     #[arg(long, value_name = "PNG")]
     pub png: Option<PathBuf>,
+    /// The same figure as SVG.
+    #[arg(long, value_name = "SVG")]
+    pub svg: Option<PathBuf>,
     /// Print JSON (the full per-block, per-head view) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -187,20 +189,15 @@ impl Job for AnalyzeJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let predictor = args.model.load::<B::InnerBackend>(&device)?;
-        let set = predictor.eval_set(&predictor.cfg.data)?;
-        let n = args.images.min(set.len()).max(1);
-        let idx: Vec<usize> = (0..n).collect();
-        let items = set.items(&idx, 0)?;
-        let batch = images::make_batch::<B::InnerBackend>(&items, predictor.image_size(), &device);
-        let view = predictor.model.moe_view(batch.images);
+        let view = predictor.moe_view(args.images, &device)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&view)?);
         } else {
             print!("{}", crate::analyze::table(&view));
         }
-        if let Some(png) = &args.png {
-            crate::analyze::heatmap(&view, png)?;
-            println!("heatmap: {}", png.display());
+        crate::analyze::write_figure(&view, &args.model.model, args.png.as_deref(), args.svg.as_deref())?;
+        for file in [&args.png, &args.svg].into_iter().flatten() {
+            println!("figure: {}", file.display());
         }
         Ok(())
     }

@@ -37,9 +37,10 @@ use device::{dispatch, DeviceSpec, Job};
 ///   vapt --device cuda sweep --weights ViT-B_16.npz --data-root vtab-1k --task dtd --devices cuda:0,cuda:1
 ///   vapt sweep status sweeps/dtd/vapt
 ///   vapt report sweeps --csv vtab.csv
+///   vapt report sweeps --html report
 ///   vapt eval runs/dtd-vapt --split test
 ///   vapt predict runs/dtd-vapt photo.jpg
-///   vapt analyze runs/dtd-vapt --png moe.png
+///   vapt analyze runs/dtd-vapt --png moe.png --svg moe.svg
 ///   vapt inspect imagenet21k_ViT-B_16.npz
 ///   vapt convert imagenet21k_ViT-B_16.npz vit_b16_in21k.safetensors
 ///   vapt --device cuda:0 inspect vit_b16_in21k.safetensors
@@ -88,10 +89,10 @@ enum Command {
     /// DIR` shows where it stands, `vapt sweep report DIR` aggregates.
     Sweep(sweep::SweepArgs),
     /// The paper-layout table (tasks, group means, VTAB mean, tuned %) over finished sweeps, in
-    /// Markdown, and CSV with --csv.
+    /// Markdown; CSV with --csv; a self-contained HTML page with every plot with --html.
     Report(sweep::ReportArgs),
     /// The mixture-of-experts view of a trained model: attention gate mass on the prompt experts
-    /// per block and head, as a table and a PNG heatmap.
+    /// per block and head, as a table and a labelled figure (--png, --svg).
     Analyze(infer::AnalyzeArgs),
     /// Load a weights file, print its layout, architecture, parameter count and SHA-256, and run
     /// one forward pass on the chosen device as a smoke test.
@@ -301,7 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => dispatch(cli.device, infer::EvalJob(args))?,
         Command::Predict(args) => dispatch(cli.device, infer::PredictJob(args))?,
         Command::Sweep(args) => sweep::run(args, cli.device, cli.threads)?,
-        Command::Report(args) => sweep::report(&args)?,
+        Command::Report(args) => dispatch(cli.device, sweep::ReportJob(args))?,
         Command::Analyze(args) => dispatch(cli.device, infer::AnalyzeJob(args))?,
         Command::Data(cmd) => data::run(cmd)?,
         Command::Bench(args) => dispatch(cli.device, bench::Bench(args, cli.device))?,

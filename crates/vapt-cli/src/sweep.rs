@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use vapt_train::monitor::{self, Monitor};
 use vapt_train::report::{find_summaries, Table};
-use vapt_train::sweep::{self, SweepSpec};
+use vapt_train::sweep::{self, Summary, SweepSpec};
 
 use crate::cluster::{self, PoolArgs, SlurmArgs};
 use crate::device::{dispatch, DeviceSpec, Job};
@@ -235,31 +235,104 @@ pub struct ReportArgs {
     /// Also write the table as CSV to this file.
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
+    /// Also write one self-contained, offline HTML page (DIR/index.html): the table, every
+    /// sweep's lr × wd grid and seeds, the curves of the final runs, the MoE view of one run per
+    /// prompt method, and the provenance. Open it in any browser.
+    #[arg(long, value_name = "DIR")]
+    pub html: Option<PathBuf>,
+    /// Images of the evaluation split the MoE views average over (0: no MoE section).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub moe_images: usize,
 }
 
-/// Prints the paper-layout table over every finished sweep found.
-pub fn report(args: &ReportArgs) -> Result<()> {
-    let mut summaries = Vec::new();
-    for root in &args.roots {
-        for (_, s) in find_summaries(root)? {
-            summaries.push(s);
+/// Every finished sweep under `roots`, with its folder.
+fn sweeps(roots: &[PathBuf]) -> Result<Vec<(PathBuf, Summary)>> {
+    let mut out = Vec::new();
+    for root in roots {
+        for (file, s) in find_summaries(root)? {
+            let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+            out.push((dir, s));
         }
     }
-    let table = Table::new(&summaries);
-    if table.rows.is_empty() {
-        bail!(
-            "no finished sweep under {}: run `vapt sweep` (or `vapt sweep report DIR` to refresh a summary)",
-            args.roots
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    Ok(out)
+}
+
+/// `vapt report` on a device (the MoE views of `--html` run a forward pass).
+pub struct ReportJob(pub ReportArgs);
+
+impl Job for ReportJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let args = self.0;
+        let found = sweeps(&args.roots)?;
+        let summaries: Vec<Summary> = found.iter().map(|(_, s)| s.clone()).collect();
+        let table = Table::new(&summaries);
+        let roots = args
+            .roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if table.rows.is_empty() {
+            bail!(
+                "no finished sweep under {roots}: run `vapt sweep` (or `vapt sweep report DIR` to refresh a summary)"
+            );
+        }
+        print!("{}", table.markdown());
+        if let Some(path) = &args.csv {
+            std::fs::write(path, table.csv()).with_context(|| format!("writing {}", path.display()))?;
+            println!("CSV: {}", path.display());
+        }
+        if let Some(out) = &args.html {
+            let started = std::time::Instant::now();
+            let moe = moe_views::<B::InnerBackend>(&found, args.moe_images, &device)?;
+            let title = format!("vapt report: {roots}");
+            let report = vapt_train::html::page(&title, &found, &moe)?;
+            let path = vapt_train::html::write(out, &report)?;
+            println!(
+                "HTML: {} ({} sweeps, {} MoE views, {:.1} s)",
+                path.display(),
+                found.len(),
+                moe.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
     }
-    print!("{}", table.markdown());
-    if let Some(path) = &args.csv {
-        std::fs::write(path, table.csv()).with_context(|| format!("writing {}", path.display()))?;
-        println!("CSV: {}", path.display());
+}
+
+/// The MoE view of the first finished final run of each method that has prompt experts.
+fn moe_views<B: burn::tensor::backend::Backend>(
+    sweeps: &[(PathBuf, Summary)],
+    images: usize,
+    device: &B::Device,
+) -> Result<Vec<vapt_train::html::MoeEntry>> {
+    let mut out: Vec<vapt_train::html::MoeEntry> = Vec::new();
+    if images == 0 {
+        return Ok(out);
     }
-    Ok(())
+    for (dir, s) in sweeps {
+        if out.iter().any(|m| m.method == s.method) {
+            continue;
+        }
+        let Some(run) = s
+            .seeds
+            .iter()
+            .map(|seed| vapt_train::sweep::final_dir(dir, *seed))
+            .find(|r| r.join(vapt_train::run_dir::RESULT_FILE).is_file())
+        else {
+            continue;
+        };
+        let predictor = vapt_train::Predictor::<B>::load(&run, None, device)?;
+        let view = predictor.moe_view(images, device)?;
+        if view.num_prompts > 0 {
+            out.push(vapt_train::html::MoeEntry {
+                method: s.method.clone(),
+                run,
+                view,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! A trained model as a library: load a finished run (or a prompts artifact) onto its backbone,
-//! then classify images — top-k classes with probabilities — or score a split. What `vapt eval`,
-//! `vapt predict` and `vapt analyze` do, callable from a user's own program:
+//! then classify images — top-k classes with probabilities — score a split, or look at its
+//! mixture of experts. What `vapt eval`, `vapt predict` and `vapt analyze` do, callable from a user's own program:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), vapt_train::TrainError> {
@@ -24,7 +24,7 @@ use vapt_data::images::decode;
 use vapt_data::transform::SplitMix64;
 use vapt_data::{DataConfig, ImageSet, Loader, Rgb8, Task, Transform};
 use vapt_experts::artifact::read_header;
-use vapt_experts::{load_artifact, PromptedVit};
+use vapt_experts::{load_artifact, MoeView, PromptedVit};
 use vapt_vit::PretrainedCfg;
 
 use crate::config::TrainConfig;
@@ -218,6 +218,16 @@ impl<B: Backend> Predictor<B> {
             loss,
             top1,
         })
+    }
+
+    /// The mixture-of-experts view (gate mass on the prompts per block and head), averaged over
+    /// the first `images` images of the run's evaluation split.
+    pub fn moe_view(&self, images: usize, device: &B::Device) -> Result<MoeView, TrainError> {
+        let set = self.eval_set(&self.cfg.data)?;
+        let idx: Vec<usize> = (0..images.min(set.len()).max(1)).collect();
+        let items = set.items(&idx, 0)?;
+        let batch = vapt_data::images::make_batch::<B>(&items, self.image_size(), device);
+        Ok(self.model.moe_view(batch.images))
     }
 }
 

@@ -87,7 +87,9 @@ impl Table {
             let row = rows.entry((s.backbone, s.method.clone())).or_default();
             row.0.insert(s.task.clone(), (m, sd));
             if let (Some(t), Some(total)) = (s.trainable_params, s.total_params) {
-                let backbone = total.saturating_sub(t).max(1);
+                // Without the recorded backbone size, the frozen part stands for it (exact for
+                // methods that freeze the backbone).
+                let backbone = s.backbone_params.unwrap_or(total.saturating_sub(t)).max(1);
                 row.1 = Some(100.0 * t as f64 / backbone as f64);
             }
             if !tasks.contains(&s.task) {
@@ -168,6 +170,39 @@ impl Table {
         out
     }
 
+    /// An HTML `<table>` of the same cells as [`Self::markdown`]'s first table (text escaped).
+    pub fn html(&self) -> String {
+        let esc = crate::html::escape;
+        let mut out = String::from(
+            "<table class=\"results\">\n<thead><tr><th>Backbone</th><th>Method</th><th>Tuned %</th>",
+        );
+        for t in &self.tasks {
+            out.push_str(&format!("<th>{}</th>", esc(t)));
+        }
+        out.push_str("<th>Natural</th><th>Specialized</th><th>Structured</th><th>VTAB mean</th></tr></thead>\n<tbody>\n");
+        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
+        for ((backbone, method), (cells, pct)) in &self.rows {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td>",
+                esc(&backbone.to_string()),
+                esc(method),
+                fmt(*pct)
+            ));
+            for t in &self.tasks {
+                match cells.get(t) {
+                    Some((m, s)) => out.push_str(&format!("<td>{m:.2} ± {s:.2}</td>")),
+                    None => out.push_str("<td>—</td>"),
+                }
+            }
+            for (_, v) in self.group_means(cells) {
+                out.push_str(&format!("<td>{}</td>", fmt(v)));
+            }
+            out.push_str("</tr>\n");
+        }
+        out.push_str("</tbody>\n</table>\n");
+        out
+    }
+
     /// CSV: one line per backbone and method, `<task>_mean,<task>_std` pairs, then the group means.
     pub fn csv(&self) -> String {
         let mut out = String::from("backbone,method,tuned_percent");
@@ -211,6 +246,7 @@ mod tests {
             std: Some(0.5),
             trainable_params: Some(10),
             total_params: Some(1010),
+            backbone_params: None,
             backbone: BackboneKind::Supervised,
         }
     }

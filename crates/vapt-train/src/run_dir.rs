@@ -97,6 +97,10 @@ pub struct RunResult {
     pub trainable_params: usize,
     /// All parameters (backbone included).
     pub total_params: usize,
+    /// Parameters of the pre-trained backbone (tuned % = trainable / this); absent in results
+    /// written before vapt recorded it.
+    #[serde(default)]
+    pub backbone_params: Option<usize>,
     /// Wall seconds over all sessions of the run.
     pub wall_seconds: f64,
     /// Device.
@@ -211,6 +215,23 @@ pub fn start(cfg: &TrainConfig, opts: &RunOptions) -> Result<(), TrainError> {
     }
     std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     write_json(&config_path, &config_value(cfg, &config_path)?)
+}
+
+/// The metric history of the run in `dir` (`metrics.jsonl`); a bad line is an error naming the
+/// file and line.
+pub fn read_metrics(dir: &Path) -> Result<Vec<EpochRow>, TrainError> {
+    let path = dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Config {
+                path: path.clone(),
+                message: format!("line {}: not a metrics row: {e}", i + 1),
+            })
+        })
+        .collect()
 }
 
 /// Rewrites `metrics.jsonl` and `metrics.csv` with `history`.

@@ -73,6 +73,7 @@ pub fn train<B: AutodiffBackend>(
         history: Vec::new(),
         wall: 0.0,
         params: (0, 0),
+        backbone_params: 0,
     };
     let sets = (Arc::new(train), Arc::new(eval));
     match cfg.optim.optimizer {
@@ -100,6 +101,8 @@ struct Run<'a, B: AutodiffBackend> {
     wall: f64,
     /// Trainable and total parameters.
     params: (usize, usize),
+    /// Parameters of the pre-trained backbone (what "tuned %" is a share of).
+    backbone_params: usize,
 }
 
 /// How the training part of an epoch ended.
@@ -151,6 +154,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             None => (model, 0),
         };
         self.params = checkpoint::count_params(&model);
+        self.backbone_params = burn::module::Module::num_params(&model.backbone);
         let (train_loader, eval_loader) = self.loaders(&model, train, eval, start < schedule.epochs)?;
         self.monitor.start(&RunHeader {
             label: cfg.label(),
@@ -337,8 +341,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
         })
     }
 
-    /// Writes the backbone of a full fine-tuning, the artifact and `result.json`; removes the
-    /// checkpoint.
+    /// Writes the backbone of a full fine-tuning, the artifact, the curves (`curves.svg`) and
+    /// `result.json`; removes the checkpoint.
     fn finish(&mut self, model: &PromptedVit<B>) -> Result<Outcome, TrainError> {
         let dir: PathBuf = self.opts.out.clone();
         let inner = model.valid();
@@ -357,6 +361,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 .save_safetensors(&dir.join(BACKBONE_FILE), Some(&pre))?;
         }
         save_artifact(&inner, self.pre.sha256.as_deref(), &dir.join(ARTIFACT_FILE))?;
+        crate::figures::write_curves(&dir, &self.history, &self.cfg.label())?;
         let result = self.record(RunStatus::Ok, None, Some(ARTIFACT_FILE.to_string()));
         write_json(&dir.join(RESULT_FILE), &result)?;
         let _ = std::fs::remove_dir_all(dir.join(CHECKPOINT_DIR));
@@ -396,6 +401,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             epochs: self.history.len(),
             trainable_params: self.params.0,
             total_params: self.params.1,
+            backbone_params: Some(self.backbone_params),
             wall_seconds: self.wall,
             device: self.opts.device_label.clone(),
             seed: self.cfg.seed,

@@ -10,7 +10,7 @@ use crate::{fails_with, succeeded, vapt};
 
 /// A tiny sweep (the tiny run's flags, lr from `grid`): `grid` (`LRS:WDS`), `seeds`, `epochs`,
 /// into `out`.
-fn sweep_args(root: &Path, out: &Path, grid: &str, seeds: &str, epochs: usize) -> Vec<String> {
+pub(crate) fn sweep_args(root: &Path, out: &Path, grid: &str, seeds: &str, epochs: usize) -> Vec<String> {
     let mut args = tiny_train_args(root);
     args[0] = "sweep".into();
     let lr = args.iter().position(|a| a == "--lr").unwrap();
@@ -26,7 +26,7 @@ fn sweep_args(root: &Path, out: &Path, grid: &str, seeds: &str, epochs: usize) -
     args
 }
 
-fn json(path: &Path) -> serde_json::Value {
+pub(crate) fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }

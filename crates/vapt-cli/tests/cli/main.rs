@@ -4,6 +4,7 @@
 mod cluster;
 mod integrity;
 mod parity;
+mod report;
 mod runs;
 
 use std::path::PathBuf;

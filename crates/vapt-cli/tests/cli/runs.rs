@@ -74,6 +74,29 @@ fn train_writes_a_complete_run_folder_and_the_loss_falls() {
     assert!(loss(1) < loss(0), "training loss did not fall: {rows:?}");
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
+    // The curves: the run's label as the title, its folder, the three panels, both legends.
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    for needle in [
+        ">patch_camelyon",
+        "cross-entropy loss<",
+        "top-1 (%)<",
+        "learning rate<",
+        "epoch<",
+        ">train<",
+        ">eval<",
+    ] {
+        assert!(
+            svg.replace('\n', "").contains(needle),
+            "curves.svg lacks {needle}"
+        );
+    }
+    assert!(
+        svg.contains(&out.display().to_string()),
+        "curves.svg names the run folder"
+    );
+    // Two epochs, evaluated after the last: a point per epoch for train loss, train top-1 and
+    // lr, one for eval loss and eval top-1.
+    assert_eq!(svg.matches("<circle").count(), 3 * 2 + 2);
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     assert_eq!(result["status"], "ok");
@@ -104,6 +127,8 @@ fn train_writes_a_complete_run_folder_and_the_loss_falls() {
         "4".into(),
         "--png".into(),
         png.to_str().unwrap().into(),
+        "--svg".into(),
+        tmp.path().join("moe.svg").to_str().unwrap().into(),
     ]);
     assert!(
         view.contains("prompt-expert gate mass (4 prompt tokens"),
@@ -111,6 +136,19 @@ fn train_writes_a_complete_run_folder_and_the_loss_falls() {
     );
     assert!(view.lines().any(|l| l.trim_start().starts_with("1 ")), "{view}");
     assert!(png.is_file());
+    let svg = std::fs::read_to_string(tmp.path().join("moe.svg")).unwrap();
+    // Two blocks × two heads, in two panels: 8 cells, each with its value (two decimals).
+    let cells = svg
+        .split("</text>")
+        .filter_map(|t| t.rsplit('>').next())
+        .map(str::trim)
+        .filter(|t| {
+            t.len() == 4
+                && t.as_bytes()[1] == b'.'
+                && t.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v))
+        })
+        .count();
+    assert_eq!(cells, 8, "{svg}");
 
     // `predict` prints the top classes of an image.
     let img = tmp.path().join("patch_camelyon/images/test_33.png");

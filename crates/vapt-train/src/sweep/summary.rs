@@ -48,6 +48,9 @@ pub struct Summary {
     pub trainable_params: Option<usize>,
     /// All parameters of a final run.
     pub total_params: Option<usize>,
+    /// Parameters of the pre-trained backbone (from a final run; older results lack it).
+    #[serde(default)]
+    pub backbone_params: Option<usize>,
     /// The backbone's pre-training kind (from the finished runs).
     #[serde(default)]
     pub backbone: BackboneKind,
@@ -103,13 +106,13 @@ pub fn summarize(spec: &SweepSpec, out: &Path) -> Result<Summary, TrainError> {
         .collect::<Result<_, _>>()?;
     let chosen = if complete { choose(&cells) } else { None };
     let mut finals = Vec::new();
-    let mut params = (None, None);
+    let mut params = (None, None, None);
     // The kind the runs read off the weights (the configuration's, until one has finished).
     let mut backbone = spec.base.backbone.kind.unwrap_or_default();
     for &seed in &spec.seeds {
         let r = read_result(&final_dir(out, seed))?;
         if let Some(r) = &r {
-            params = (Some(r.trainable_params), Some(r.total_params));
+            params = (Some(r.trainable_params), Some(r.total_params), r.backbone_params);
             backbone = r.backbone_kind;
         }
         finals.push(r.map(|r| r.eval_top1));
@@ -133,6 +136,7 @@ pub fn summarize(spec: &SweepSpec, out: &Path) -> Result<Summary, TrainError> {
         std,
         trainable_params: params.0,
         total_params: params.1,
+        backbone_params: params.2,
         backbone,
     })
 }
