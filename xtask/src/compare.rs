@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::{fashion_recipe, repo_root, vapt, vapt_output, RECIPE_WD, SHIPPED_WEIGHTS};
+use crate::{fashion_recipe, repo_root, vapt, vapt_command, vapt_output, RECIPE_WD, SHIPPED_WEIGHTS};
 
 /// Candidate base lrs of prompt, head, bias and adapter methods (the paper's grid, thinned).
 const PROMPT_LRS: &[&str] = &["2.5", "1", "0.5", "0.1"];
@@ -242,16 +242,15 @@ fn report(root: &Path, rows: &[Row], epochs: &str, seeds: &[String]) -> Result<(
         });
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
     }
-    vapt(
+    // From the repository root with relative paths: the committed page names no machine's folders.
+    crate::run(vapt_command().current_dir(root).args([
         "report",
-        &[
-            base.display().to_string(),
-            "--html".into(),
-            root.join(REPORT_DIR).display().to_string(),
-            "--moe-images".into(),
-            "64".into(),
-        ],
-    )
+        "target/compare/report",
+        "--html",
+        REPORT_DIR,
+        "--moe-images",
+        "64",
+    ]))
 }
 
 /// `vapt analyze` of the first VAPT run (its table; the figure is in the report).
