@@ -180,7 +180,8 @@ pub struct CheckpointMeta {
 /// The previous checkpoint, kept so that a damaged newest one can fall back to it.
 pub const PREVIOUS_FILE: &str = "state.prev.safetensors";
 
-/// SHA-256 over the tensors (names, shapes, values) of a state map.
+/// SHA-256 over the tensors (names, shapes, values) of a state map; its metadata (the sum
+/// itself included) does not enter it.
 fn tensors_sha256(map: &TensorMap) -> String {
     let mut bytes = Vec::new();
     for (k, t) in &map.tensors {
@@ -432,7 +433,6 @@ pub fn encode_state(state: &Path, mut map: TensorMap, file: &StateMeta) -> Resul
     for (k, v) in Identity::KEYS.iter().zip(meta.identity.values()) {
         m.insert(k.to_string(), v);
     }
-    m.remove("tensors_sha256");
     let sum = tensors_sha256(&map);
     map.metadata.insert("tensors_sha256".into(), sum);
     Ok(safetensors_bytes(state, &map)?)
@@ -453,9 +453,7 @@ pub fn read_state(state: &Path, bytes: &[u8]) -> Result<(TensorMap, StateMeta), 
             .cloned()
             .ok_or_else(|| bad(format!("no `{k}` metadata (not a vapt checkpoint, or damaged)")))
     };
-    let mut unsummed = map.clone();
-    unsummed.metadata.remove("tensors_sha256");
-    if meta_of("tensors_sha256")? != tensors_sha256(&unsummed) {
+    if meta_of("tensors_sha256")? != tensors_sha256(&map) {
         return Err(bad(
             "its tensors do not match their checksum (the file is damaged)".into(),
         ));
