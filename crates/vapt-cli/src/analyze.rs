@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use vapt_experts::MoeView;
-use vapt_plot::Figure;
 
 /// One row per block: the prompt gate mass of the CLS query and of patch queries, averaged over
 /// heads, then the per-head CLS values.
@@ -30,12 +29,12 @@ pub fn table(view: &MoeView) -> String {
 
 /// Writes the MoE figure of `view` (from the run or artifact `source`) to the files given.
 pub fn write_figure(view: &MoeView, source: &Path, png: Option<&Path>, svg: Option<&Path>) -> Result<()> {
-    let fig = Figure::render(&vapt_train::figures::moe(view, &source.display().to_string()))?;
+    let chart = vapt_train::figures::moe(view, &source.display().to_string());
     if let Some(p) = png {
-        std::fs::write(p, &fig.png).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, vapt_plot::png(&chart)?).with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = svg {
-        std::fs::write(p, &fig.svg).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, vapt_plot::svg(&chart)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
@@ -70,11 +69,7 @@ mod tests {
         let (png, svg) = (dir.path().join("moe.png"), dir.path().join("moe.svg"));
         write_figure(&view(), Path::new("runs/demo"), Some(&png), Some(&svg)).unwrap();
         let svg = std::fs::read_to_string(&svg).unwrap();
-        let texts: Vec<String> = svg
-            .split("<text")
-            .skip(1)
-            .filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim().to_string()))
-            .collect();
+        let texts = vapt_plot::texts(&svg);
         for needle in [
             "Attention on the 4 prompt experts, per block and head",
             "runs/demo",

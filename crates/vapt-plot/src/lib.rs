@@ -9,14 +9,16 @@
 //!   an optional marked cell (a sweep's lr × wd grid; the MoE view's block × head panels).
 //! * [`SeedPoints`] — one point per seed per group, with mean ± std.
 //!
-//! [`Figure::render`] gives both an SVG (text stays text) and a PNG (text rasterised from the
-//! embedded DejaVu Sans, so nothing depends on the fonts a machine has).
+//! [`svg`] draws a chart as SVG (text stays text), [`png`] as PNG (text rasterised from the
+//! embedded DejaVu Sans, so nothing depends on the fonts a machine has); each caller draws only
+//! what it writes.
 
 mod font;
 mod heatmap;
 mod line;
 mod points;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -55,47 +57,73 @@ pub trait Chart {
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }
 
-/// A chart drawn as SVG and as PNG.
-#[derive(Debug, Clone)]
-pub struct Figure {
-    /// The SVG document.
-    pub svg: String,
-    /// The PNG file's bytes.
-    pub png: Vec<u8>,
+fn draw_error(chart: &impl Chart) -> impl Fn(String) -> PlotError + '_ {
+    |message| PlotError::Draw {
+        title: chart.title().to_string(),
+        message,
+    }
 }
 
-impl Figure {
-    /// Draws `chart` on both backends.
-    pub fn render(chart: &impl Chart) -> Result<Self, PlotError> {
-        font::register();
-        let (w, h) = chart.size();
-        let draw_err = |message: String| PlotError::Draw {
-            title: chart.title().to_string(),
-            message,
-        };
-        let mut svg = String::new();
-        {
-            let area = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
-            area.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
-            chart.draw(&area).map_err(draw_err)?;
-            area.present().map_err(|e| draw_err(e.to_string()))?;
-        }
-        let mut rgb = vec![255u8; (w * h * 3) as usize];
-        {
-            let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            chart.draw(&area).map_err(draw_err)?;
-            area.present().map_err(|e| draw_err(e.to_string()))?;
-        }
-        let png_err = |message: String| PlotError::Png {
-            title: chart.title().to_string(),
-            message,
-        };
-        let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| png_err("buffer size".into()))?;
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| png_err(e.to_string()))?;
-        Ok(Self { svg, png })
+/// `chart` as an SVG document (text stays text).
+pub fn svg(chart: &impl Chart) -> Result<String, PlotError> {
+    font::register();
+    let draw_err = draw_error(chart);
+    let mut svg = String::new();
+    {
+        let area = SVGBackend::with_string(&mut svg, chart.size()).into_drawing_area();
+        area.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
+        chart.draw(&area).map_err(&draw_err)?;
+        area.present().map_err(|e| draw_err(e.to_string()))?;
     }
+    Ok(svg)
+}
+
+/// `chart` as a PNG file's bytes (text rasterised from the embedded font).
+pub fn png(chart: &impl Chart) -> Result<Vec<u8>, PlotError> {
+    font::register();
+    let draw_err = draw_error(chart);
+    let (w, h) = chart.size();
+    let mut rgb = vec![255u8; (w * h * 3) as usize];
+    {
+        let area = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        chart.draw(&area).map_err(&draw_err)?;
+        area.present().map_err(|e| draw_err(e.to_string()))?;
+    }
+    let png_err = |message: String| PlotError::Png {
+        title: chart.title().to_string(),
+        message,
+    };
+    let img = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| png_err("buffer size".into()))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| png_err(e.to_string()))?;
+    Ok(png)
+}
+
+/// The text of every `<text>` element of an SVG this crate drew, trimmed, in order: what a
+/// reader (or a test) sees written on a chart.
+pub fn texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
+/// The legend of a chart's series, top right, in the house style.
+pub(crate) fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .label_font((FONT, 13))
+        .draw()
+        .map_err(err)
 }
 
 /// A plotters error as text.

@@ -3,7 +3,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{err, header, short, Chart, FONT};
+use crate::{err, header, legend, short, Chart, FONT};
 
 /// Colours of the series, in order (colour-blind safe: Okabe–Ito).
 pub(crate) const PALETTE: [RGBColor; 6] = [
@@ -121,14 +121,7 @@ impl Chart for LineChart {
                     .map_err(err)?;
             }
             if !panel.series.is_empty() {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(RGBColor(160, 160, 160))
-                    .label_font((FONT, 13))
-                    .draw()
-                    .map_err(err)?;
+                legend(&mut chart)?;
             }
         }
         Ok(())

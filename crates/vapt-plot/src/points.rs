@@ -5,7 +5,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::line::{bounds, PALETTE};
-use crate::{err, header, short, Chart, FONT};
+use crate::{err, header, legend, short, Chart, FONT};
 
 /// One group's seeds: a method's final runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,14 +111,7 @@ impl Chart for SeedPoints {
                 .map_err(err)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .label_font((FONT, 13))
-            .draw()
-            .map_err(err)?;
+        legend(&mut chart)?;
         Ok(())
     }
 }

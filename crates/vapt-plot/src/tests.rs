@@ -1,14 +1,16 @@
 use super::*;
 
-/// The text of every `<text>` element of an SVG, in order.
-pub(crate) fn texts(svg: &str) -> Vec<String> {
-    svg.split("<text")
-        .skip(1)
-        .filter_map(|t| {
-            let body = &t[t.find('>')? + 1..];
-            Some(body[..body.find("</text>")?].trim().to_string())
-        })
-        .collect()
+/// Both drawings of a chart, as the tests read them.
+struct Both {
+    svg: String,
+    png: Vec<u8>,
+}
+
+fn render(chart: &impl Chart) -> Result<Both, PlotError> {
+    Ok(Both {
+        svg: svg(chart)?,
+        png: png(chart)?,
+    })
 }
 
 fn curves() -> LineChart {
@@ -39,7 +41,7 @@ fn curves() -> LineChart {
 
 #[test]
 fn a_line_chart_has_its_title_source_axis_labels_and_legend() {
-    let fig = Figure::render(&curves()).unwrap();
+    let fig = render(&curves()).unwrap();
     let t = texts(&fig.svg);
     for needle in [
         "Training curves",
@@ -80,7 +82,7 @@ fn grid() -> Heatmap {
 
 #[test]
 fn a_heatmap_writes_every_value_in_its_cell_and_marks_the_chosen_one() {
-    let fig = Figure::render(&grid()).unwrap();
+    let fig = render(&grid()).unwrap();
     let t = texts(&fig.svg);
     for needle in [
         "val top-1 by lr × wd",
@@ -122,7 +124,7 @@ fn heatmap_panels_share_a_title_and_keep_their_own() {
     let mut b = grid();
     b.title = "patch queries".into();
     b.marked = None;
-    let fig = Figure::render(&Heatmaps {
+    let fig = render(&Heatmaps {
         title: "prompt-expert gate mass".into(),
         source: "runs/demo".into(),
         panels: vec![a, b],
@@ -137,7 +139,7 @@ fn heatmap_panels_share_a_title_and_keep_their_own() {
 
 #[test]
 fn seed_points_show_each_group_with_mean_and_std() {
-    let fig = Figure::render(&SeedPoints {
+    let fig = render(&SeedPoints {
         title: "test top-1 over seeds".into(),
         source: "sweeps/demo".into(),
         y_label: "test top-1 (%)".into(),
@@ -176,7 +178,7 @@ fn seed_points_show_each_group_with_mean_and_std() {
 #[test]
 fn the_png_has_the_charts_size_and_rasterised_text() {
     let chart = grid();
-    let fig = Figure::render(&chart).unwrap();
+    let fig = render(&chart).unwrap();
     let img = image::load_from_memory(&fig.png).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), chart.size());
     // Dark pixels (text, axes) and the viridis cells.

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use vapt_experts::MoeView;
-use vapt_plot::{Figure, Heatmap, Heatmaps, LineChart, LinePanel, SeedGroup, SeedPoints, Series};
+use vapt_plot::{Heatmap, Heatmaps, LineChart, LinePanel, SeedGroup, SeedPoints, Series};
 
 use crate::error::TrainError;
 use crate::run_dir::EpochRow;
@@ -55,11 +55,11 @@ pub fn curves(history: &[EpochRow], title: &str, source: &str) -> LineChart {
 pub fn write_curves(dir: &Path, history: &[EpochRow], label: &str) -> Result<(), TrainError> {
     let path = dir.join(CURVES_FILE);
     let chart = curves(history, label, &dir.display().to_string());
-    let fig = Figure::render(&chart).map_err(|e| TrainError::Config {
+    let svg = vapt_plot::svg(&chart).map_err(|e| TrainError::Config {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    crate::files::write_atomic(&path, fig.svg.as_bytes())
+    crate::files::write_atomic(&path, svg.as_bytes())
 }
 
 /// The MoE view: per block (rows) and head (columns), the gate mass on the prompt experts, for

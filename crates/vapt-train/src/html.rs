@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use vapt_experts::MoeView;
-use vapt_plot::{Chart, Figure};
+use vapt_plot::{Chart, PlotError};
 
 use crate::error::TrainError;
 use crate::figures;
@@ -65,16 +65,16 @@ fn figure(
     png: Option<String>,
     pngs: &mut Vec<(String, Vec<u8>)>,
 ) -> Result<String, TrainError> {
-    let fig = Figure::render(chart).map_err(|e| TrainError::Config {
+    let plot_error = |e: PlotError| TrainError::Config {
         path: PathBuf::from(chart.title()),
         message: e.to_string(),
-    })?;
+    };
     if let Some(name) = png {
-        pngs.push((format!("{name}.png"), fig.png));
+        pngs.push((format!("{name}.png"), vapt_plot::png(chart).map_err(plot_error)?));
     }
+    let svg = vapt_plot::svg(chart).map_err(plot_error)?;
     Ok(format!(
-        "<figure>{}<figcaption>{}</figcaption></figure>\n",
-        fig.svg,
+        "<figure>{svg}<figcaption>{}</figcaption></figure>\n",
         escape(caption)
     ))
 }

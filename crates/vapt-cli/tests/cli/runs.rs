@@ -138,10 +138,8 @@ fn train_writes_a_complete_run_folder_and_the_loss_falls() {
     assert!(png.is_file());
     let svg = std::fs::read_to_string(tmp.path().join("moe.svg")).unwrap();
     // Two blocks × two heads, in two panels: 8 cells, each with its value (two decimals).
-    let cells = svg
-        .split("</text>")
-        .filter_map(|t| t.rsplit('>').next())
-        .map(str::trim)
+    let cells = vapt_plot::texts(&svg)
+        .iter()
         .filter(|t| {
             t.len() == 4
                 && t.as_bytes()[1] == b'.'
