@@ -71,6 +71,11 @@ fn order(task: &str) -> (usize, String) {
     (i, task.to_string())
 }
 
+/// A mean to two decimals, or `—`.
+fn fmt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+}
+
 fn group_of(task: &str) -> Option<Group> {
     TASKS.iter().find(|t| t.name == task).map(|t| t.group)
 }
@@ -130,28 +135,36 @@ impl Table {
         first.is_some_and(|f| f.self_supervised() || kinds.any(|k| k != f))
     }
 
+    /// The first table as text: its header, then one row per backbone and method (tuned %,
+    /// `mean ± std` per task, the group means), as Markdown and HTML both print it.
+    fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut header: Vec<String> = ["Backbone", "Method", "Tuned %"].map(String::from).to_vec();
+        header.extend(self.tasks.iter().cloned());
+        header.extend(["Natural", "Specialized", "Structured", "VTAB mean"].map(String::from));
+        let rows = self
+            .rows
+            .iter()
+            .map(|((backbone, method), (cells, pct))| {
+                let mut row = vec![backbone.to_string(), method.clone(), fmt(*pct)];
+                row.extend(self.tasks.iter().map(|t| match cells.get(t) {
+                    Some((m, s)) => format!("{m:.2} ± {s:.2}"),
+                    None => "—".into(),
+                }));
+                row.extend(self.group_means(cells).into_iter().map(|(_, v)| fmt(v)));
+                row
+            })
+            .collect();
+        (header, rows)
+    }
+
     /// Markdown, cells `mean ± std`; then the Table 2 block when [`Self::by_backbone`].
     pub fn markdown(&self) -> String {
-        let mut out = String::from("| Backbone | Method | Tuned % |");
-        for t in &self.tasks {
-            out.push_str(&format!(" {t} |"));
-        }
-        out.push_str(" Natural | Specialized | Structured | VTAB mean |\n|---|---|---|");
-        out.push_str(&"---|".repeat(self.tasks.len() + 4));
-        out.push('\n');
-        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
-        for ((backbone, method), (cells, pct)) in &self.rows {
-            out.push_str(&format!("| {backbone} | {method} | {} |", fmt(*pct)));
-            for t in &self.tasks {
-                match cells.get(t) {
-                    Some((m, s)) => out.push_str(&format!(" {m:.2} ± {s:.2} |")),
-                    None => out.push_str(" — |"),
-                }
-            }
-            for (_, v) in self.group_means(cells) {
-                out.push_str(&format!(" {} |", fmt(v)));
-            }
-            out.push('\n');
+        let (header, rows) = self.cells();
+        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+        let mut out = line(&header);
+        out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+        for row in &rows {
+            out.push_str(&line(row));
         }
         if self.by_backbone() {
             out.push_str(
@@ -173,31 +186,20 @@ impl Table {
     /// An HTML `<table>` of the same cells as [`Self::markdown`]'s first table (text escaped).
     pub fn html(&self) -> String {
         let esc = crate::html::escape;
-        let mut out = String::from(
-            "<table class=\"results\">\n<thead><tr><th>Backbone</th><th>Method</th><th>Tuned %</th>",
+        let (header, rows) = self.cells();
+        let line = |tag: &str, cells: &[String]| {
+            let cells: String = cells
+                .iter()
+                .map(|c| format!("<{tag}>{}</{tag}>", esc(c)))
+                .collect();
+            format!("<tr>{cells}</tr>\n")
+        };
+        let mut out = format!(
+            "<table class=\"results\">\n<thead>{}</thead>\n<tbody>\n",
+            line("th", &header).trim_end()
         );
-        for t in &self.tasks {
-            out.push_str(&format!("<th>{}</th>", esc(t)));
-        }
-        out.push_str("<th>Natural</th><th>Specialized</th><th>Structured</th><th>VTAB mean</th></tr></thead>\n<tbody>\n");
-        let fmt = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into());
-        for ((backbone, method), (cells, pct)) in &self.rows {
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td>",
-                esc(&backbone.to_string()),
-                esc(method),
-                fmt(*pct)
-            ));
-            for t in &self.tasks {
-                match cells.get(t) {
-                    Some((m, s)) => out.push_str(&format!("<td>{m:.2} ± {s:.2}</td>")),
-                    None => out.push_str("<td>—</td>"),
-                }
-            }
-            for (_, v) in self.group_means(cells) {
-                out.push_str(&format!("<td>{}</td>", fmt(v)));
-            }
-            out.push_str("</tr>\n");
+        for row in &rows {
+            out.push_str(&line("td", row));
         }
         out.push_str("</tbody>\n</table>\n");
         out
