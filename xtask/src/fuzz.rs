@@ -77,12 +77,19 @@ pub fn fuzz(args: &[String]) -> Result<()> {
         let stats = fuzz_one(&root, &work, &bin, t, seconds, jobs)?;
         println!("{stats}");
         let log = work.join("runs.jsonl");
-        let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.push_str(&format!("{stats}\n"));
-        std::fs::write(&log, text).with_context(|| format!("cannot write {}", log.display()))?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{stats}\n").as_bytes()))
+            .with_context(|| format!("cannot write {}", log.display()))?;
     }
     Ok(())
 }
+
+/// AFL++'s limits for the target, for fuzzing and minimising alike: 2 GiB of address space (an
+/// allocation the input only claims is a crash) and 2 s per input.
+const AFL_LIMITS: [&str; 4] = ["-m", "2048", "-t", "2000"];
 
 fn fuzz_one(root: &Path, work: &Path, bin: &Path, target: &str, seconds: u64, jobs: usize) -> Result<String> {
     let dir = work.join("work").join(target);
@@ -110,7 +117,8 @@ fn fuzz_one(root: &Path, work: &Path, bin: &Path, target: &str, seconds: u64, jo
             .arg(&input)
             .arg("-o")
             .arg(&output)
-            .args(["-V", &seconds.to_string(), "-m", "2048", "-t", "2000"])
+            .args(["-V", &seconds.to_string()])
+            .args(AFL_LIMITS)
             .args(if j == 0 {
                 ["-M".to_string(), "main".to_string()]
             } else {
@@ -150,12 +158,8 @@ fn fuzz_one(root: &Path, work: &Path, bin: &Path, target: &str, seconds: u64, jo
                 .filter(|f| !f.ends_with("README.txt")),
         );
     }
-    // Keep every crash (named by content), and the minimised queue as the corpus.
-    std::fs::create_dir_all(&crashes)?;
-    for f in &found {
-        let bytes = std::fs::read(f)?;
-        std::fs::write(crashes.join(short_sha(&bytes)), bytes)?;
-    }
+    // Keep every crash, and the minimised queue as the corpus.
+    keep_by_content(&found, &crashes)?;
     // AFL++'s shell version of afl-cmin (its default one is Python).
     let afl_bin = afl_bin_dir()?;
     let path = format!(
@@ -169,31 +173,22 @@ fn fuzz_one(root: &Path, work: &Path, bin: &Path, target: &str, seconds: u64, jo
     }
     let all = dir.join("queue");
     let _ = std::fs::remove_dir_all(&all);
-    std::fs::create_dir_all(&all)?;
-    for f in &queue {
-        let bytes = std::fs::read(f)?;
-        std::fs::write(all.join(short_sha(&bytes)), bytes)?;
-    }
+    keep_by_content(&queue, &all)?;
     run(Command::new("bash")
         .arg(afl_bin.join("afl-cmin.bash"))
         .arg("-i")
         .arg(&all)
         .arg("-o")
         .arg(&minimised)
-        .args(["-m", "2048", "-t", "2000", "--"])
+        .args(AFL_LIMITS)
+        .arg("--")
         .arg(bin)
         .arg(target)
         .env("PATH", path)
         .env("AFL_SKIP_BIN_CHECK", "1")
         .stdout(std::process::Stdio::null()))?;
     let _ = std::fs::remove_dir_all(&corpus);
-    std::fs::create_dir_all(&corpus)?;
-    let mut kept = 0;
-    for f in files(&minimised) {
-        let bytes = std::fs::read(&f)?;
-        std::fs::write(corpus.join(short_sha(&bytes)), bytes)?;
-        kept += 1;
-    }
+    let kept = keep_by_content(&files(&minimised), &corpus)?;
     Ok(serde_json::json!({
         "target": target,
         "seconds": seconds,
@@ -253,6 +248,17 @@ fn stat(path: &Path, key: &str) -> u64 {
             (k.trim() == key).then(|| v.trim().parse().ok()).flatten()
         })
         .unwrap_or(0)
+}
+
+/// Copies `files` into `dir` (created if needed), each named by its content's hash, so a file
+/// kept twice is kept once; returns how many were copied.
+fn keep_by_content(files: &[PathBuf], dir: &Path) -> Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    for f in files {
+        let bytes = std::fs::read(f)?;
+        std::fs::write(dir.join(short_sha(&bytes)), bytes)?;
+    }
+    Ok(files.len())
 }
 
 fn short_sha(bytes: &[u8]) -> String {
