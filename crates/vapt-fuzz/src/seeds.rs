@@ -16,7 +16,10 @@ pub fn seeds(target: &str, repo: &Path) -> Vec<(String, Vec<u8>)> {
     let named = |items: Vec<(&str, Vec<u8>)>| items.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
     match target {
         "npy" => npy_seeds(repo),
-        "npz" => named(vec![("tiny-vit.npz", npz_bytes(&tiny_file(Layout::Google)))]),
+        "npz" => named(vec![(
+            "tiny-vit.npz",
+            npz::npz_bytes(Path::new("tiny-vit.npz"), &tiny_file(Layout::Google)).unwrap_or_default(),
+        )]),
         "safetensors" => named(vec![
             ("tiny-vit-timm.safetensors", safetensors(&tiny_file(Layout::Timm))),
             (
@@ -98,16 +101,6 @@ fn tiny_map() -> TensorMap {
     map.insert("w", RawTensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
     map.insert("b", RawTensor::new(vec![2], vec![0.5, -0.5]));
     map
-}
-
-fn npz_bytes(map: &TensorMap) -> Vec<u8> {
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (key, t) in &map.tensors {
-        let _ = zip.start_file(format!("{key}.npy"), options);
-        let _ = zip.write_all(&npz::npy_bytes(t));
-    }
-    zip.finish().map(|c| c.into_inner()).unwrap_or_default()
 }
 
 fn safetensors(map: &TensorMap) -> Vec<u8> {

@@ -223,28 +223,33 @@ pub fn npy_bytes(t: &RawTensor) -> Vec<u8> {
 
 /// Writes `map` as an uncompressed npz (the layout of Google's checkpoints).
 pub fn write_npz(path: &Path, map: &TensorMap) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError::Io {
+    let bytes = npz_bytes(path, map)?;
+    std::fs::write(path, bytes).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
-        source: e,
+        source,
+    })
+}
+
+/// The bytes of `map` as an uncompressed npz (see [`write_npz`]); `path` names it in errors.
+pub fn npz_bytes(path: &Path, map: &TensorMap) -> Result<Vec<u8>, LoadError> {
+    let format = |message: String| LoadError::Format {
+        path: path.to_path_buf(),
+        message,
     };
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .large_file(false);
     for (key, t) in &map.tensors {
         zip.start_file(format!("{key}.npy"), options)
-            .map_err(|e| LoadError::Format {
-                path: path.to_path_buf(),
-                message: format!("cannot write zip entry `{key}`: {e}"),
-            })?;
-        zip.write_all(&npy_bytes(t)).map_err(io)?;
+            .map_err(|e| format(format!("cannot write zip entry `{key}`: {e}")))?;
+        zip.write_all(&npy_bytes(t))
+            .map_err(|e| format(format!("cannot write zip entry `{key}`: {e}")))?;
     }
-    zip.finish().map_err(|e| LoadError::Format {
-        path: path.to_path_buf(),
-        message: format!("cannot finish zip: {e}"),
-    })?;
-    Ok(())
+    let cursor = zip
+        .finish()
+        .map_err(|e| format(format!("cannot finish zip: {e}")))?;
+    Ok(cursor.into_inner())
 }
 
 #[cfg(test)]
