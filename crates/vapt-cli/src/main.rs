@@ -133,7 +133,9 @@ struct WeightsArgs {
     /// different size resamples the position embedding.
     #[arg(long)]
     image_size: Option<usize>,
-    /// Position-embedding resampling: `scipy-zoom` (official VPT/VAPT code) or `bilinear` (timm).
+    /// Position-embedding resampling when loading for another grid: `scipy-zoom` (official
+    /// VPT/VAPT code), `bilinear` (timm) or `bicubic`. DINOv2-style files (LayerScale) keep their
+    /// stored grid and resize it bicubically at every forward pass instead, as DINOv2 does.
     #[arg(long, default_value = "scipy-zoom", value_parser = parse_resample)]
     resample: PosEmbResample,
     /// Pre-training of the weights: `supervised`, `mae` or `moco-v3` [default: read off the file:
@@ -204,6 +206,21 @@ impl Job for Inspect {
             cfg.grid(),
             cfg.grid()
         );
+        if cfg.layer_scale {
+            println!("              LayerScale γ after attention and after the MLP (DINOv2)");
+        }
+        let g = cfg.pos_grid();
+        match cfg.pos_embed_grid {
+            Some(_) if cfg.resizes_pos_embed() => println!(
+                "pos-emb:      stored for a native {g}x{g} grid ({} px), resized bicubically (a = -0.75, \
+                 half-pixel, no antialias, CLS row kept) to {}x{} at every forward pass",
+                g * cfg.patch_size,
+                cfg.grid(),
+                cfg.grid()
+            ),
+            Some(_) => println!("pos-emb:      native {g}x{g} grid, the input's (no resize)"),
+            None => {}
+        }
         println!(
             "parameters:   {} (backbone, no head)",
             group(cfg.num_backbone_params())
@@ -217,6 +234,9 @@ impl Job for Inspect {
             Pool::Mean => "fc_norm of the mean over the tokens after CLS",
         };
         println!("kind:         {} (head input: {pooling})", cfg.kind);
+        if cfg.layer_scale {
+            println!("              a DINOv2-style backbone follows the supervised rules of the experts");
+        }
         match pre.ignored.len() {
             0 => println!("ignored:      nothing"),
             n => println!("ignored:      {n} entries: {}", preview(&pre.ignored, 8)),

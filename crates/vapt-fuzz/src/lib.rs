@@ -1,7 +1,7 @@
 //! # vapt-fuzz
 //!
 //! One coverage-guided fuzz target per parser of a file a user hands vapt — weights (npy, npz,
-//! safetensors, PyTorch pickle), data (VTAB list, FGVC json, images), configurations (TOML, JSON)
+//! safetensors, PyTorch pickle, ONNX), data (VTAB list, FGVC json, images), configurations (TOML, JSON)
 //! and checkpoint state files — each the same function vapt calls on that file's bytes,
 //! followed by what vapt does next with a parse that succeeds (architecture inference and the
 //! conversion to the native layout; config validation; the checkpoint's history check).
@@ -32,7 +32,7 @@ pub struct Target {
 }
 
 /// Every target, in the order `cargo xtask fuzz all` runs them.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     Target {
         name: "npy",
         parses: "a NumPy .npy array (header, dtype, shape, data)",
@@ -52,6 +52,11 @@ pub const TARGETS: [Target; 10] = [
         name: "pth",
         parses: "a PyTorch checkpoint (zip or plain pickle, burn-store's reader), then the weights pipeline",
         run: pth,
+    },
+    Target {
+        name: "onnx",
+        parses: "an ONNX model (protobuf initializers and node names), then the weights pipeline",
+        run: onnx,
     },
     Target {
         name: "vtab-list",
@@ -120,6 +125,13 @@ fn npz(data: &[u8]) {
 
 fn safetensors(data: &[u8]) {
     match weights::parse_safetensors(Path::new("fuzz.safetensors"), data) {
+        Ok(map) => weights_pipeline(map),
+        Err(e) => drop(e.to_string()),
+    }
+}
+
+fn onnx(data: &[u8]) {
+    match weights::onnx::parse_onnx(Path::new("fuzz.onnx"), data) {
         Ok(map) => weights_pipeline(map),
         Err(e) => drop(e.to_string()),
     }

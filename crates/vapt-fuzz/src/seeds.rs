@@ -23,6 +23,14 @@ pub fn seeds(target: &str, repo: &Path) -> Vec<(String, Vec<u8>)> {
         "safetensors" => named(vec![
             ("tiny-vit-timm.safetensors", safetensors(&tiny_file(Layout::Timm))),
             (
+                "tiny-dinov2-timm.safetensors",
+                safetensors(&tiny_dinov2(Layout::Timm)),
+            ),
+            (
+                "tiny-dinov2-hf.safetensors",
+                safetensors(&tiny_dinov2(Layout::Hf)),
+            ),
+            (
                 "tiny-vit-native.safetensors",
                 safetensors(&tiny_file(Layout::Native)),
             ),
@@ -32,6 +40,10 @@ pub fn seeds(target: &str, repo: &Path) -> Vec<(String, Vec<u8>)> {
             ("tiny.pth", pth_zip(&tiny_map(), "")),
             ("tiny.pkl", pickle(&tiny_map(), "state_dict")),
         ]),
+        "onnx" => named(vec![(
+            "tiny-dinov2.onnx",
+            weights::onnx::onnx_bytes(&tiny_dinov2(Layout::Hf), "backbone"),
+        )]),
         "image" => image_seeds(repo),
         "vtab-list" => named(vec![("train800-head.txt", list_head(repo).into_bytes())]),
         "fgvc-json" => named(vec![("train.json", fgvc_json(&list_head(repo)))]),
@@ -92,6 +104,21 @@ pub fn tiny_file(layout: Layout) -> TensorMap {
     if layout == Layout::Native {
         let json = serde_json::to_string(&cfg).unwrap_or_default();
         map.metadata.insert(weights::native::META_CONFIG.into(), json);
+    }
+    map
+}
+
+/// A complete DINOv2-style ViT (hidden 64, one block, LayerScale, position embedding stored for a
+/// 3 × 3 grid of 4-pixel patches) in `layout`'s file keys and shapes.
+pub fn tiny_dinov2(layout: Layout) -> TensorMap {
+    let cfg = VitConfig::new(64, 1, 1, 16, 4).with_image_size(12).with_dinov2(3);
+    let mut map = TensorMap::new("tiny");
+    for (key, shape) in weights::rename::file_keys(&layout.table(&cfg)) {
+        let n: usize = shape.iter().product();
+        map.insert(
+            key,
+            RawTensor::new(shape, (0..n).map(|i| (i % 5) as f32 * 0.125 - 0.25).collect()),
+        );
     }
     map
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vapt_fuzz::seeds::{seeds, tiny_file};
+use vapt_fuzz::seeds::{seeds, tiny_dinov2, tiny_file};
 use vapt_fuzz::TARGETS;
 use vapt_vit::weights::{self, Layout};
 use vapt_vit::BackboneKind;
@@ -95,7 +95,7 @@ fn every_target_has_seeds_that_are_valid_files() {
     for (name, bytes) in seeds_of("safetensors") {
         let map = weights::parse_safetensors(Path::new(&name), &bytes).expect("safetensors seed");
         let layout = Layout::detect(&map).expect("layout");
-        if layout == Layout::Timm {
+        if layout == Layout::Timm && !name.contains("dinov2") {
             // timm files do not store the head count; width 8 is no standard ViT's.
             let err = weights::infer_arch(&map, layout)
                 .expect_err("no head count")
@@ -104,9 +104,16 @@ fn every_target_has_seeds_that_are_valid_files() {
             continue;
         }
         let arch = weights::infer_arch(&map, layout).expect("architecture");
+        assert_eq!(arch.layer_scale, name.contains("dinov2"), "{name}");
         let native = weights::to_native(map, layout, &arch, Default::default()).expect("native");
-        assert_eq!(native.tensors.len(), tiny_file(Layout::Native).tensors.len());
+        assert_eq!(native.tensors.len(), weights::native::native_params(&arch).len());
     }
+    // The ONNX seed is a DINOv2 export: Hugging Face names, LayerScale, the stored 3 × 3 grid.
+    let onnx = weights::onnx::parse_onnx(Path::new("t.onnx"), &first("onnx")).expect("onnx seed");
+    assert_eq!(Layout::detect(&onnx).ok(), Some(Layout::Hf));
+    assert_eq!(onnx.tensors, tiny_dinov2(Layout::Hf).tensors);
+    let arch = weights::infer_arch(&onnx, Layout::Hf).expect("architecture");
+    assert_eq!((arch.hidden, arch.layer_scale, arch.pos_grid()), (64, true, 3));
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, bytes) in seeds_of("pth") {
         let path = dir.path().join(&name);

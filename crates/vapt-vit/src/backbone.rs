@@ -16,7 +16,8 @@ use crate::weights::{load_pretrained, LoadError, LoadOptions, PosEmbResample};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackboneConfig {
-    /// Pre-trained weights (Google npz, timm or vapt safetensors). Without weights the backbone is
+    /// Pre-trained weights (Google npz, timm, Hugging Face Dinov2Model or vapt safetensors,
+    /// PyTorch checkpoints, ONNX exports of a Dinov2Model). Without weights the backbone is
     /// randomly initialised (useful for tests and benchmarks only).
     pub weights: Option<PathBuf>,
     /// Architecture: `auto` (read off the weights), a variant (`B/16`) or explicit dims
@@ -24,7 +25,8 @@ pub struct BackboneConfig {
     pub variant: String,
     /// Input side in pixels (default: the checkpoint's; 224 for a random backbone).
     pub image_size: Option<usize>,
-    /// Position-embedding resampling when the grid changes: `scipy-zoom` or `bilinear`.
+    /// Position-embedding resampling when the grid changes: `scipy-zoom`, `bilinear` or `bicubic`
+    /// (DINOv2-style files keep their grid and resize it bicubically at every forward pass).
     pub resample: String,
     /// The pre-training kind (`supervised`, `mae`, `moco-v3`): read off the weights file when
     /// absent; sets the kind of a random backbone.

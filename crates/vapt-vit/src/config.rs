@@ -192,6 +192,16 @@ pub struct VitConfig {
     /// The pre-training it comes from (decides the pooling).
     #[serde(default)]
     pub kind: BackboneKind,
+    /// LayerScale (DINOv2): a learned per-channel γ multiplies the attention output and the MLP
+    /// output before each is added to the residual stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub layer_scale: bool,
+    /// The patch grid the position embedding is stored for, when it differs from the input's and
+    /// the model resizes it at every forward pass (DINOv2: 37 × 37 for 518 px, resized bicubically
+    /// with a = −0.75, half-pixel centres, no antialias, the CLS row kept). `None`: stored for the
+    /// input's grid (files of other grids are resampled once, when loaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pos_embed_grid: Option<usize>,
 }
 
 impl VitConfig {
@@ -210,6 +220,8 @@ impl VitConfig {
             attention_dropout: 0.0,
             num_classes: None,
             kind: BackboneKind::Supervised,
+            layer_scale: false,
+            pos_embed_grid: None,
         }
     }
 
@@ -284,6 +296,25 @@ impl VitConfig {
         self.kind.pool()
     }
 
+    /// A DINOv2-style backbone: LayerScale in every block, the position embedding stored for a
+    /// `pos_grid` × `pos_grid` patch grid and resized at every forward pass to the input's grid.
+    pub fn with_dinov2(mut self, pos_grid: usize) -> Self {
+        self.layer_scale = true;
+        self.pos_embed_grid = Some(pos_grid);
+        self
+    }
+
+    /// Side of the patch grid the position embedding is stored for (the input's grid unless
+    /// [`Self::pos_embed_grid`] says otherwise).
+    pub fn pos_grid(&self) -> usize {
+        self.pos_embed_grid.unwrap_or_else(|| self.grid())
+    }
+
+    /// Whether the stored position embedding is resized at every forward pass.
+    pub fn resizes_pos_embed(&self) -> bool {
+        self.pos_grid() != self.grid()
+    }
+
     /// Sets both dropout rates; prompt methods use 0 (the backbone behaves as in eval).
     pub fn with_dropout(mut self, dropout: f64, attention_dropout: f64) -> Self {
         self.dropout = dropout;
@@ -335,6 +366,9 @@ impl VitConfig {
         if !(0.0..1.0).contains(&self.dropout) || !(0.0..1.0).contains(&self.attention_dropout) {
             return bad("dropout rates must lie in [0, 1)".into());
         }
+        if self.pos_embed_grid == Some(0) {
+            return bad("the position embedding's grid must be positive".into());
+        }
         if self.num_classes == Some(0) {
             return bad("a head needs at least one class (use no head instead)".into());
         }
@@ -355,9 +389,20 @@ impl VitConfig {
                 self.hidden, self.depth, self.heads, self.mlp_dim, self.patch_size
             )
         });
-        match self.kind {
-            BackboneKind::Supervised => format!("{name} @{}", self.image_size),
-            kind => format!("{name} @{} ({kind})", self.image_size),
+        let mut notes = Vec::new();
+        if self.kind != BackboneKind::Supervised {
+            notes.push(self.kind.to_string());
+        }
+        if self.layer_scale {
+            notes.push("LayerScale".to_string());
+        }
+        if self.resizes_pos_embed() {
+            let g = self.pos_grid();
+            notes.push(format!("pos-emb {g}×{g} bicubic"));
+        }
+        match notes.is_empty() {
+            true => format!("{name} @{}", self.image_size),
+            false => format!("{name} @{} ({})", self.image_size, notes.join(", ")),
         }
     }
 }

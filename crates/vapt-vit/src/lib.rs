@@ -10,23 +10,28 @@
 //!   operations are [`vapt_kernels`]' (fused on the CPU, Burn's ops elsewhere).
 //! * [`BlockDelta`] (`delta.rs`) — what a method adds inside a block (LoRA on a [`Projection`],
 //!   an adapter on the MLP output), run through [`Block::run`].
-//! * [`weights`] — Google npz, timm safetensors and native safetensors loaders as rename tables onto
-//!   the native layout; every mismatch is reported at once, naming the file. [`load_pretrained`]
+//! * DINOv2-style backbones ([`VitConfig::with_dinov2`]): [`LayerScale`] in every block and a
+//!   position embedding stored for another grid, resized bicubically at every forward pass.
+//! * [`weights`] — Google npz, timm, Hugging Face `Dinov2Model` and native safetensors, PyTorch
+//!   checkpoints and ONNX exports, read as rename tables onto the native layout; every mismatch
+//!   is reported at once, naming the file. [`load_pretrained`]
 //!   is the one-call entry point, [`BackboneConfig`] the one a run configuration holds.
 //! * [`named`] (in `weights`) — a module's parameters by path (the native key), read, written and shaped.
 //! * [`PretrainedCfg`] — where the weights came from (SHA-256) and the input recipe (mean/std).
+//! * [`reference`] — a backbone's final-norm tokens compared with another implementation's.
 
 pub mod backbone;
 pub mod config;
 pub mod delta;
 pub mod model;
 pub mod pretrained;
+pub mod reference;
 pub mod weights;
 
 pub use backbone::BackboneConfig;
 pub use config::{standard_heads, BackboneKind, Pool, Variant, VariantError, VitConfig, VARIANTS};
 pub use delta::{BlockDelta, NoDelta, Projection};
-pub use model::{Attention, Block, Mlp, PatchEmbed, Rows, Vit};
+pub use model::{Attention, Block, LayerScale, Mlp, PatchEmbed, Rows, Vit};
 pub use pretrained::{PretrainedCfg, IMAGENET_MEAN, IMAGENET_STD};
 pub use vapt_kernels;
 pub use weights::named;

@@ -4,6 +4,8 @@
 //! (n = r·g + q, r the patch row). Blocks are pre-LN:
 //! `h += Out(Attn(LN1(h)))`, `h += MLP(LN2(h))`, with separate q/k/v projections, heads laid out
 //! head-major inside the width (index h·head_dim + j), exact erf GELU, LayerNorm eps from the config.
+//! DINOv2-style blocks scale both branches by a learned per-channel γ ([`LayerScale`]):
+//! `h += γ₁ ⊙ Out(Attn(LN1(h)))`, `h += γ₂ ⊙ MLP(LN2(h))`.
 //!
 //! The API is built for prompt methods: [`Vit::embed`] gives the token sequence, the caller runs
 //! [`Vit::blocks`] one at a time on a sequence it controls (inserting or replacing prompt tokens in
@@ -154,6 +156,35 @@ impl<B: Backend> Mlp<B> {
     }
 }
 
+/// LayerScale (DINOv2, CaiT): the branch output times a learned per-channel γ.
+#[derive(Module, Debug)]
+pub struct LayerScale<B: Backend> {
+    /// γ `[D]` (`ls1.gamma` in timm, `layer_scale1.lambda1` in Hugging Face).
+    pub gamma: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerScale<B> {
+    /// γ = `init` in every channel.
+    pub fn new(d: usize, init: f32, device: &B::Device) -> Self {
+        Self {
+            gamma: Param::from_tensor(Tensor::full([d], init, device)),
+        }
+    }
+
+    /// `[B, T, D]` → `γ ⊙ x`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x * self.gamma.val().unsqueeze::<3>()
+    }
+}
+
+/// `scale(x)` when the block has that LayerScale, else `x`.
+fn scaled<B: Backend>(scale: &Option<LayerScale<B>>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match scale {
+        Some(s) => s.forward(x),
+        None => x,
+    }
+}
+
 /// Which rows a block computes, and whether it keeps its attention probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rows {
@@ -176,6 +207,10 @@ pub struct Block<B: Backend> {
     pub norm2: LayerNorm<B>,
     /// The MLP (`MlpBlock_3`).
     pub mlp: Mlp<B>,
+    /// LayerScale of the attention branch (DINOv2), `ls1`.
+    pub ls1: Option<LayerScale<B>>,
+    /// LayerScale of the MLP branch (DINOv2), `ls2`.
+    pub ls2: Option<LayerScale<B>>,
 }
 
 impl<B: Backend> Block<B> {
@@ -199,7 +234,8 @@ impl<B: Backend> Block<B> {
     }
 
     /// The block on `[B, T, D]` tokens computing `rows`, with what `delta` adds inside it: the
-    /// output, and the attention probabilities when `rows` keeps them.
+    /// output, and the attention probabilities when `rows` keeps them. With LayerScale, `delta`'s
+    /// MLP-output hook (an adapter) sees the scaled branch, what the block adds to the residual.
     pub fn run(
         &self,
         x: Tensor<B, 3>,
@@ -211,16 +247,17 @@ impl<B: Backend> Block<B> {
             Rows::ClsOnly => {
                 let cls = |t: Tensor<B, 3>| vapt_kernels::narrow_tokens(t, 0, 1);
                 let (a, _) = self.attn.attend(cls(y.clone()), y, false, delta);
-                (cls(x) + a, None)
+                (cls(x) + scaled(&self.ls1, a), None)
             }
             _ => {
                 let (a, probs) = self
                     .attn
                     .attend(y.clone(), y, rows == Rows::AllWithAttention, delta);
-                (x + a, probs)
+                (x + scaled(&self.ls1, a), probs)
             }
         };
-        let m = delta.mlp_output(self.mlp.forward_delta(self.norm2.forward(x.clone()), delta));
+        let m = self.mlp.forward_delta(self.norm2.forward(x.clone()), delta);
+        let m = delta.mlp_output(scaled(&self.ls2, m));
         (x + m, probs)
     }
 }
@@ -232,7 +269,8 @@ pub struct Vit<B: Backend> {
     pub patch_embed: PatchEmbed<B>,
     /// CLS token `[1, 1, D]`.
     pub cls_token: Param<Tensor<B, 3>>,
-    /// Learned position embedding `[1, 1+N, D]`, row 0 for CLS.
+    /// Learned position embedding `[1, 1+N, D]`, row 0 for CLS; stored for the grid
+    /// [`VitConfig::pos_grid`] and resized to the input's by [`Vit::position_embedding`].
     pub pos_embed: Param<Tensor<B, 3>>,
     /// Dropout after adding the position embedding.
     pub pos_drop: Dropout,
@@ -275,6 +313,9 @@ impl VitConfig {
                     fc2: linear(self.mlp_dim, d),
                     drop: drop.clone(),
                 },
+                // DINOv2 initialises γ at 1e-5; loaded files replace it.
+                ls1: self.layer_scale.then(|| LayerScale::new(d, 1e-5, device)),
+                ls2: self.layer_scale.then(|| LayerScale::new(d, 1e-5, device)),
             })
             .collect();
         let normal = Distribution::Normal(0.0, 0.02);
@@ -285,7 +326,11 @@ impl VitConfig {
                 patch_size: self.patch_size,
             },
             cls_token: Param::from_tensor(Tensor::zeros([1, 1, d], device)),
-            pos_embed: Param::from_tensor(Tensor::random([1, 1 + self.num_patches(), d], normal, device)),
+            pos_embed: Param::from_tensor(Tensor::random(
+                [1, 1 + self.pos_grid() * self.pos_grid(), d],
+                normal,
+                device,
+            )),
             pos_drop: drop,
             blocks,
             norm: (self.pool() == Pool::Cls).then(norm),
@@ -303,8 +348,30 @@ impl<B: Backend> Vit<B> {
         let patches = self.patch_embed.forward(images);
         let [b, _, d] = patches.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
-        let x = Tensor::cat(vec![cls, patches], 1) + self.pos_embed.val();
+        let x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding();
         self.pos_drop.forward(x)
+    }
+
+    /// The position embedding for the input's grid, `[1, 1+N, D]`: the stored one, or (when it is
+    /// stored for another grid) its patch rows resized bicubically (a = −0.75, half-pixel centres,
+    /// no antialias; PyTorch's `interpolate(mode="bicubic", align_corners=False)`) with the CLS row
+    /// kept. The resize is one matrix product, so gradients reach the stored table.
+    pub fn position_embedding(&self) -> Tensor<B, 3> {
+        let pos = self.pos_embed.val();
+        if !self.config.resizes_pos_embed() {
+            return pos;
+        }
+        let [_, rows, d] = pos.dims();
+        let (from, to) = (self.config.pos_grid(), self.config.grid());
+        let weights = crate::weights::posemb::bicubic_matrix(from, to);
+        let weights = Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(weights, [to * to, from * from]),
+            &pos.device(),
+        );
+        let cls = pos.clone().narrow(1, 0, 1);
+        let grid = pos.narrow(1, 1, rows - 1).reshape([rows - 1, d]);
+        let grid = weights.matmul(grid).reshape([1, to * to, d]);
+        Tensor::cat(vec![cls, grid], 1)
     }
 
     /// The feature the head reads, `[B, D]`: the final LayerNorm of the CLS token, or (MAE)
@@ -381,6 +448,13 @@ impl<B: Backend> Vit<B> {
     /// Number of patch tokens N.
     pub fn num_patches(&self) -> usize {
         self.config.num_patches()
+    }
+
+    /// The final LayerNorm of every token, `[B, T, D]` (DINOv2's `x_norm`; CLS-pooling backbones
+    /// only, `None` for MAE's mean pooling): what other implementations' backbone outputs are
+    /// compared with.
+    pub fn normed_tokens(&self, tokens: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        self.norm.as_ref().map(|norm| norm.forward(tokens))
     }
 }
 

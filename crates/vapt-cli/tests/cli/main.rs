@@ -18,8 +18,6 @@ pub(crate) fn fixtures() -> PathBuf {
     vapt_tests::fixtures_root()
 }
 
-/// The stderr of a `vapt` run that must fail with a clear error (exit code 1, not a panic's 101)
-/// containing `needle`.
 /// The stdout of a command that must have succeeded (else its output in the panic).
 pub(crate) fn succeeded(out: std::process::Output, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -31,6 +29,8 @@ pub(crate) fn succeeded(out: std::process::Output, what: &str) -> String {
     stdout
 }
 
+/// The stderr of a `vapt` run that must fail with a clear error (exit code 1, not a panic's 101)
+/// containing `needle`.
 pub(crate) fn fails_with(cmd: &mut Command, needle: &str) -> String {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -110,6 +110,41 @@ fn inspect_and_convert_a_google_npz() {
         "already exists",
     );
     assert_eq!(std::fs::read(&dst).unwrap(), before);
+}
+
+/// A DINOv2-style ViT-S/14 in timm's layout (random weights, the real file's shapes): `inspect`
+/// names the size, LayerScale, the stored 37 × 37 grid and its resize to the input's.
+#[test]
+fn inspect_a_dinov2_vit_s14_names_layer_scale_and_the_position_embedding_resize() {
+    use vapt_vit::weights::{rename, write_safetensors, Layout};
+    let cfg = vapt_vit::VitConfig::from_variant("S/14").unwrap().with_dinov2(37);
+    let vit = cfg.init::<burn::backend::Flex>(&Default::default());
+    let timm = rename::invert(&vit.to_native(), &Layout::Timm.table(&cfg)).unwrap();
+    assert!(
+        timm.tensors.contains_key("blocks.11.ls2.gamma")
+            && timm.tensors.contains_key("blocks.0.attn.qkv.weight")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vit_small_patch14_dinov2.safetensors");
+    write_safetensors(&file, &timm).unwrap();
+    let out = vapt()
+        .arg("inspect")
+        .arg(&file)
+        .args(["--image-size", "224"])
+        .output()
+        .unwrap();
+    let text = succeeded(out, "inspect");
+    for needle in [
+        "timm safetensors",
+        "architecture: ViT-S/14 @224 (LayerScale, pos-emb 37×37 bicubic)",
+        "LayerScale γ after attention and after the MLP",
+        "stored for a native 37x37 grid (518 px), resized bicubically",
+        "to 16x16 at every forward pass",
+        "parameters:   22,056,192",
+        "forward:      ok on cpu",
+    ] {
+        assert!(text.contains(needle), "no `{needle}` in:\n{text}");
+    }
 }
 
 /// The released self-supervised layouts (the fixtures' `.pth` / `.pth.tar`): `inspect` names the

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!  Google npz (vit_jax) ──google::source──┐
-//!  timm safetensors  ─────timm::source────┼─ rename::convert ─> native TensorMap ─> Vit::from_native
+//!  timm safetensors  ─────timm::source────┤
+//!  HF Dinov2Model / ONNX ──hf::source─────┼─ rename::convert ─> native TensorMap ─> Vit::from_native
 //!  vapt safetensors (native, identity) ───┘                      ^ posemb::resample when the grid differs
+//!                                                                  (DINOv2: kept, resized per forward)
 //! ```
 //!
 //! A layout is a function from each native key of [`native::native_params`] to its [`Source`] in
@@ -14,9 +16,11 @@
 
 mod error;
 pub mod google;
+pub mod hf;
 pub mod named;
 pub mod native;
 pub mod npz;
+pub mod onnx;
 mod pickle_check;
 pub mod posemb;
 pub mod pth;
@@ -47,6 +51,9 @@ pub enum Layout {
     Timm,
     /// vapt's own safetensors layout (module paths of [`Vit`], Burn `[in, out]` layout).
     Native,
+    /// Hugging Face `Dinov2Model` (`encoder.layer.{i}.attention.attention.query.weight`, separate
+    /// q/k/v, PyTorch `(out, in)` layout), in safetensors or an ONNX export's initializers.
+    Hf,
 }
 
 impl Layout {
@@ -56,6 +63,7 @@ impl Layout {
             Layout::Google => "google npz",
             Layout::Timm => "timm safetensors",
             Layout::Native => "vapt native safetensors",
+            Layout::Hf => "hugging face dinov2",
         }
     }
 
@@ -68,13 +76,15 @@ impl Layout {
             Ok(Layout::Timm)
         } else if has("patch_embed.weight") || map.tensors.keys().any(|k| k.contains(".attn.query.")) {
             Ok(Layout::Native)
+        } else if has(hf::PATCH_WEIGHT) || map.tensors.keys().any(|k| k.starts_with("encoder.layer.")) {
+            Ok(Layout::Hf)
         } else {
             let sample: Vec<&str> = map.tensors.keys().take(5).map(String::as_str).collect();
             Err(LoadError::Format {
                 path: map.source.clone(),
                 message: format!(
-                    "not a ViT checkpoint vapt recognises (Google npz, timm or vapt safetensors); \
-                     first keys: {sample:?}"
+                    "not a ViT checkpoint vapt recognises (Google npz, timm, Hugging Face \
+                     Dinov2Model or vapt safetensors); first keys: {sample:?}"
                 ),
             })
         }
@@ -85,6 +95,7 @@ impl Layout {
         match self {
             Layout::Google => google::source(key, shape, cfg),
             Layout::Timm => timm::source(key, shape, cfg),
+            Layout::Hf => hf::source(key, shape, cfg),
             Layout::Native => Some(Source::new(key, shape.to_vec(), Transform::Same)),
         }
     }
@@ -96,6 +107,7 @@ impl Layout {
         match self {
             Layout::Google => google::ignored(key),
             Layout::Timm => timm::ignored(key, kind),
+            Layout::Hf => hf::ignored(key),
             Layout::Native => key.starts_with("head."),
         }
     }
@@ -109,7 +121,7 @@ impl Layout {
         let has = |prefix: &str| map.tensors.keys().any(|k| k.starts_with(prefix));
         match self {
             Layout::Native => native::infer(map).map(|c| c.kind).unwrap_or_default(),
-            Layout::Google => BackboneKind::Supervised,
+            Layout::Google | Layout::Hf => BackboneKind::Supervised,
             Layout::Timm => match (meta(pth::META_CONTAINER), meta(pth::META_PREFIX)) {
                 ("state_dict", prefix) if prefix.starts_with("module.") => BackboneKind::MocoV3,
                 ("model", _) if !has("head.") && !has("fc_norm.") => BackboneKind::Mae,
@@ -185,6 +197,8 @@ pub enum FileFormat {
     Safetensors,
     /// A PyTorch checkpoint (`torch.save`: zip, legacy, tar or plain pickle).
     Pytorch,
+    /// An ONNX model (protobuf): its initializers, named as the graph's nodes say.
+    Onnx,
 }
 
 impl FileFormat {
@@ -201,6 +215,8 @@ impl FileFormat {
             FileFormat::Safetensors
         } else if pth::is_pth(bytes) {
             FileFormat::Pytorch
+        } else if onnx::is_onnx(bytes) {
+            FileFormat::Onnx
         } else if bytes.starts_with(b"PK") {
             FileFormat::Npz
         } else {
@@ -214,6 +230,7 @@ impl FileFormat {
             FileFormat::Npz => "npz",
             FileFormat::Safetensors => "safetensors",
             FileFormat::Pytorch => "pytorch checkpoint",
+            FileFormat::Onnx => "onnx",
         }
     }
 }
@@ -231,23 +248,42 @@ pub fn read_file(path: &Path) -> Result<(TensorMap, String, FileFormat), LoadErr
         source,
     })?;
     let sha = vapt_files::sha256_hex(&bytes);
-    let format = FileFormat::detect(&bytes);
-    let map = match format {
-        FileFormat::Pytorch => pth::parse_pth(path, &bytes)?,
-        FileFormat::Npz => npz::parse_npz(path, &bytes)?,
-        FileFormat::Safetensors => parse_safetensors(path, &bytes)?,
-    };
+    let (map, format) = parse_bytes(path, &bytes)?;
     Ok((map, sha, format))
 }
 
+/// Parses the bytes of a weights file (`path` names it in errors), choosing the reader by content.
+pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<(TensorMap, FileFormat), LoadError> {
+    let format = FileFormat::detect(bytes);
+    let map = match format {
+        FileFormat::Pytorch => pth::parse_pth(path, bytes)?,
+        FileFormat::Npz => npz::parse_npz(path, bytes)?,
+        FileFormat::Onnx => onnx::parse_onnx(path, bytes)?,
+        FileFormat::Safetensors => parse_safetensors(path, bytes)?,
+    };
+    Ok((map, format))
+}
+
 /// Converts a map in any layout to the native layout for `arch` (validating every key).
-/// `arch.image_size` may differ from the file's grid: the position embedding is then resampled.
+/// `arch.image_size` may differ from the file's grid: the position embedding is then resampled,
+/// unless `arch` keeps the stored grid ([`VitConfig::pos_embed_grid`], DINOv2) and resizes it at
+/// every forward pass.
 pub fn to_native(
     map: TensorMap,
     layout: Layout,
     arch: &VitConfig,
     resample: PosEmbResample,
 ) -> Result<TensorMap, LoadError> {
+    if arch.pos_embed_grid.is_some() {
+        let table = layout.table(arch);
+        return rename::convert(
+            map,
+            &table,
+            |k| layout.ignored(k, arch.kind),
+            layout.name(),
+            &arch.display_name(),
+        );
+    }
     let file_grid = file_grid(&map, layout)?;
     let file_arch = arch.clone().with_image_size(file_grid * arch.patch_size);
     let table = layout.table(&file_arch);
@@ -269,6 +305,7 @@ pub fn to_native(
 fn file_grid(map: &TensorMap, layout: Layout) -> Result<usize, LoadError> {
     let key = match layout {
         Layout::Google => google::POS_EMBED,
+        Layout::Hf => hf::POS_EMBED,
         Layout::Timm | Layout::Native => "pos_embed",
     };
     let shape = map.shape(key).ok_or_else(|| LoadError::Infer {
@@ -300,6 +337,7 @@ pub fn infer_arch(map: &TensorMap, layout: Layout) -> Result<VitConfig, LoadErro
     let cfg = match layout {
         Layout::Google => google::infer(map)?,
         Layout::Timm => timm::infer(map)?,
+        Layout::Hf => hf::infer(map)?,
         Layout::Native => native::infer(map)?,
     };
     cfg.validate()?;
@@ -317,6 +355,11 @@ pub fn load_pretrained<B: Backend>(
 ) -> Result<(Vit<B>, PretrainedCfg), LoadError> {
     let (map, sha, format) = read_file(path)?;
     let layout = Layout::detect(&map)?;
+    let recorded = PretrainedCfg::from_metadata(&map.metadata);
+    // The input size a file's recorded pretrained config names is the default (an imported
+    // DINOv2 backbone stores a 518 px grid but was used at 224 px).
+    let recorded_size = recorded.as_ref().map(|p| p.input_size);
+    let mut pretrained = recorded.unwrap_or_default();
     let kind = opts.kind.unwrap_or_else(|| layout.kind(&map));
     let inferred = infer_arch(&map, layout).map(|c| c.with_kind(kind));
     let arch = match (&opts.arch, inferred) {
@@ -333,7 +376,7 @@ pub fn load_pretrained<B: Backend>(
                 found.mlp_dim,
                 found.patch_size,
                 found.in_channels,
-            ) && (layout == Layout::Timm || req.heads == found.heads);
+            ) && (matches!(layout, Layout::Timm | Layout::Hf) || req.heads == found.heads);
             if !same {
                 return Err(LoadError::Architecture {
                     path: path.to_path_buf(),
@@ -341,19 +384,23 @@ pub fn load_pretrained<B: Backend>(
                     requested: req.display_name(),
                 });
             }
-            req.clone().with_kind(kind)
+            // What a variant name cannot say (LayerScale, the stored grid) comes from the file.
+            let mut arch = req.clone().with_kind(kind);
+            arch.layer_scale = found.layer_scale;
+            arch.pos_embed_grid = found.pos_embed_grid;
+            arch
         }
         (Some(req), Err(_)) => req.clone().with_kind(kind),
-        (None, Ok(found)) => match opts.image_size {
+        (None, Ok(found)) => match opts.image_size.or(recorded_size) {
             Some(size) => found.with_image_size(size),
             None => found,
         },
         (None, Err(e)) => return Err(e),
     };
     arch.validate()?;
-    let mut pretrained = PretrainedCfg::from_metadata(&map.metadata).unwrap_or_default();
     pretrained.source = match (format, layout) {
         (FileFormat::Pytorch, Layout::Timm) => "pytorch checkpoint (timm keys)".to_string(),
+        (FileFormat::Onnx, _) => format!("onnx ({} names)", layout.name()),
         _ => layout.name().to_string(),
     };
     pretrained.ignored = map

@@ -10,12 +10,13 @@
 //! |---|---|
 //! | `patch_embed.weight` | (C·p·p, D), input index c·p² + ky·p + kx |
 //! | `patch_embed.bias` | (D) |
-//! | `cls_token`, `pos_embed` | (1, 1, D), (1, 1+N, D) |
+//! | `cls_token`, `pos_embed` | (1, 1, D), (1, 1+N, D), N the stored grid's patches |
 //! | `blocks.i.norm{1,2}.{weight,bias}` | (D) |
 //! | `blocks.i.attn.{query,key,value,out}.weight` | (D, D) `[in, out]` |
 //! | `blocks.i.attn.{query,key,value,out}.bias` | (D) |
 //! | `blocks.i.mlp.fc1.weight`, `.bias` | (D, M), (M) |
 //! | `blocks.i.mlp.fc2.weight`, `.bias` | (M, D), (D) |
+//! | `blocks.i.ls{1,2}.gamma` (LayerScale only) | (D) |
 //! | `norm.{weight,bias}` (CLS pooling) or `fc_norm.{weight,bias}` (MAE's mean pooling) | (D) |
 //! | `head.weight`, `head.bias` (only with a head) | (D, C), (C) |
 
@@ -42,7 +43,10 @@ pub fn native_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
         ("patch_embed.weight".to_string(), vec![cfg.patch_dim(), d]),
         ("patch_embed.bias".to_string(), vec![d]),
         ("cls_token".to_string(), vec![1, 1, d]),
-        ("pos_embed".to_string(), vec![1, 1 + cfg.num_patches(), d]),
+        (
+            "pos_embed".to_string(),
+            vec![1, 1 + cfg.pos_grid() * cfg.pos_grid(), d],
+        ),
     ];
     for i in 0..cfg.depth {
         let b = format!("blocks.{i}");
@@ -59,6 +63,10 @@ pub fn native_params(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
         push("mlp.fc1.bias", vec![m]);
         push("mlp.fc2.weight", vec![m, d]);
         push("mlp.fc2.bias", vec![d]);
+        if cfg.layer_scale {
+            push("ls1.gamma", vec![d]);
+            push("ls2.gamma", vec![d]);
+        }
     }
     let norm = match cfg.pool() {
         Pool::Cls => "norm",
@@ -138,9 +146,13 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     } else {
         BackboneKind::Supervised
     };
-    Ok(VitConfig::new(d, depth, heads, m, p)
+    let cfg = VitConfig::new(d, depth, heads, m, p)
         .with_image_size(grid * p)
-        .with_kind(kind))
+        .with_kind(kind);
+    Ok(match map.tensors.contains_key("blocks.0.ls1.gamma") {
+        true => cfg.with_dinov2(grid),
+        false => cfg,
+    })
 }
 
 impl<B: Backend> Vit<B> {
@@ -211,6 +223,7 @@ mod tests {
             VitConfig::new(8, 1, 2, 16, 4)
                 .with_image_size(12)
                 .with_num_classes(Some(3)),
+            VitConfig::new(8, 2, 2, 16, 4).with_image_size(8).with_dinov2(3),
         ] {
             let vit = cfg.init::<Flex>(&Default::default());
             assert_eq!(named::shapes(&vit), native_params(&cfg));

@@ -98,6 +98,57 @@ impl Source {
     }
 }
 
+impl Transform {
+    /// The file tensor (of shape `file`) that `apply` turns into `native`, for every transform
+    /// that uses its whole file tensor; a [`Transform::FusedPart`] gives its block, which
+    /// [`invert`] stacks with the others.
+    fn unapply(self, native: &RawTensor, file: &[usize]) -> RawTensor {
+        match self {
+            Transform::Same | Transform::Reshape | Transform::Fill(_) => {
+                native.clone().reshaped(file.to_vec())
+            }
+            Transform::Transpose => native.transposed_2d(),
+            Transform::FusedPart { .. } if native.shape.len() == 2 => native.transposed_2d(),
+            Transform::FusedPart { .. } => native.clone(),
+            Transform::PatchHwio => {
+                // [c·p·p, d] -> (c, ky, kx, d) -> (ky, kx, c, d)
+                let [p, _, c, d] = file[..] else {
+                    return native.clone();
+                };
+                native.clone().reshaped(vec![c, p, p, d]).permuted(&[1, 2, 0, 3])
+            }
+            Transform::PatchOihw => native.transposed_2d().reshaped(file.to_vec()),
+        }
+    }
+}
+
+/// The file tensors of `table`'s layout from a native map: what [`convert`] reads, rebuilt (fused
+/// tensors stacked again). Used to write a backbone in another tool's layout (timm). Fails
+/// naming the first native tensor `native` lacks.
+pub fn invert(native: &TensorMap, table: &[Rename]) -> Result<TensorMap, LoadError> {
+    let mut out = TensorMap::new(native.source.clone());
+    let mut fused: std::collections::BTreeMap<&str, Vec<(usize, RawTensor)>> = Default::default();
+    for r in table.iter().filter(|r| r.source.from_file()) {
+        let t = native.tensors.get(&r.native).ok_or_else(|| LoadError::Format {
+            path: native.source.clone(),
+            message: format!("no tensor `{}` to write", r.native),
+        })?;
+        let file = r.source.transform.unapply(t, &r.source.shape);
+        match r.source.transform {
+            Transform::FusedPart { index, .. } => fused.entry(&r.source.key).or_default().push((index, file)),
+            _ => out.insert(r.source.key.clone(), file),
+        }
+    }
+    for (key, mut parts) in fused {
+        parts.sort_by_key(|(i, _)| *i);
+        let mut shape = parts[0].1.shape.clone();
+        shape[0] *= parts.len();
+        let data = parts.into_iter().flat_map(|(_, t)| t.data).collect();
+        out.insert(key, RawTensor::new(shape, data));
+    }
+    Ok(out)
+}
+
 /// One row of a rename table: a native key and shape, and its source in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rename {

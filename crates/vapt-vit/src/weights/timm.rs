@@ -10,9 +10,15 @@
 //! | `blocks.i.attn.qkv.bias` | (3D) | `….{query,key,value}.bias` | split in thirds |
 //! | `blocks.i.attn.proj.{weight,bias}` | (D, D) `(out, in)` | `blocks.i.attn.out.*` | transpose |
 //! | `blocks.i.mlp.fc{1,2}.{weight,bias}` | `(out, in)` | same | transpose |
+//! | `blocks.i.ls{1,2}.gamma` (DINOv2's LayerScale) | (D) | same | — |
 //! | `norm.{weight,bias}` | (D) | same | — (not loaded for MAE) |
 //! | `fc_norm.{weight,bias}` | (D) | same (mean pooling) | MAE's pre-training file has none: 1 and 0 |
-//! | `head.*` | | not loaded | |
+//! | `head.*`, `mask_token` (DINOv2) | | not loaded | |
+//!
+//! A file with LayerScale (`vit_small_patch14_dinov2` … `vit_large_patch14_dinov2`) is a DINOv2
+//! backbone: its position embedding keeps the stored grid (37 × 37 for 518 px) and is resized at
+//! every forward pass. SwiGLU MLPs (`vit_giant_patch14_dinov2`) and register tokens (`…_reg4_…`)
+//! are not supported: their keys are reported as unexpected.
 
 use super::rename::{Source, Transform};
 use super::{LoadError, TensorMap};
@@ -23,9 +29,8 @@ use crate::config::{BackboneKind, VitConfig};
 /// (and MAE's decoder, in the full pre-training file).
 pub fn ignored(key: &str, kind: BackboneKind) -> bool {
     let head = key.starts_with("head.") || key.starts_with("head_drop");
-    let mae = kind == BackboneKind::Mae
-        && (key.starts_with("norm.") || key.starts_with("decoder") || key == "mask_token");
-    head || mae || (kind != BackboneKind::Mae && key.starts_with("fc_norm."))
+    let mae = kind == BackboneKind::Mae && (key.starts_with("norm.") || key.starts_with("decoder"));
+    head || mae || key == "mask_token" || (kind != BackboneKind::Mae && key.starts_with("fc_norm."))
 }
 
 /// Where native tensor `key` (shape `shape`) comes from in a timm file (the table above).
@@ -54,6 +59,7 @@ pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
             "attn.out" => same(format!("{b}.attn.proj.bias")),
             "mlp.fc1" | "mlp.fc2" if matrix => transposed(key.to_string()),
             "mlp.fc1" | "mlp.fc2" => same(key.to_string()),
+            "ls1" | "ls2" => same(key.to_string()),
             _ => None,
         };
     }
@@ -106,5 +112,8 @@ pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
     let grid = super::file_grid(map, super::Layout::Timm)?;
     let mut cfg = VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p);
     cfg.in_channels = c;
-    Ok(cfg)
+    Ok(match map.tensors.contains_key("blocks.0.ls1.gamma") {
+        true => cfg.with_dinov2(grid),
+        false => cfg,
+    })
 }
