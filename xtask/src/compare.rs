@@ -65,6 +65,8 @@ struct Setup {
     doc: &'static str,
     /// The folder `vapt report --html` writes, relative to the repository (None: no page).
     report_dir: Option<&'static str>,
+    /// How many times the lr grid may grow past each edge (see [`select`]).
+    grow: usize,
     /// Epochs of the lr selection and of the final runs, and the seeds, unless given.
     select_epochs: &'static str,
     epochs: &'static str,
@@ -81,6 +83,7 @@ const SHIPPED: Setup = Setup {
     target: "target/compare",
     doc: "docs/results/fashion-mnist-1k.md",
     report_dir: Some(REPORT_DIR),
+    grow: 2,
     select_epochs: "8",
     epochs: "20",
     seeds: &["42", "44", "82"],
@@ -96,6 +99,7 @@ const VIT_S14: Setup = Setup {
     target: "target/compare-vit-s14",
     doc: "docs/results/fashion-mnist-1k-vit-s14.md",
     report_dir: None,
+    grow: 0,
     select_epochs: "6",
     epochs: "10",
     seeds: &["42"],
@@ -150,7 +154,7 @@ fn run(root: &Path, setup: &Setup, trial: &Trial) -> Result<serde_json::Value> {
 
 /// The lr of `method`: its best candidate on train800 → val200, and every candidate's score. A
 /// best lr on the edge of the candidates is not an optimum: the grid then grows past that edge
-/// (÷5 below, ×2 above, at most twice per side) until the best lies inside it.
+/// (÷5 below, ×2 above, at most [`Setup::grow`] times per side) until the best lies inside it.
 fn select(root: &Path, setup: &Setup, method: &str, candidates: &[&str]) -> Result<Selection> {
     let mut scores: Vec<(String, f64)> = Vec::new();
     let mut wall = 0.0;
@@ -180,10 +184,10 @@ fn select(root: &Path, setup: &Setup, method: &str, candidates: &[&str]) -> Resu
         let (Some(low), Some(high)) = (scores.last(), scores.first()) else {
             bail!("no lr candidates");
         };
-        if best == low.0 && below < 2 {
+        if best == low.0 && below < setup.grow {
             below += 1;
             todo.push(short(lr(&best) / 5.0));
-        } else if best == high.0 && above < 2 {
+        } else if best == high.0 && above < setup.grow {
             above += 1;
             todo.push(short(lr(&best) * 2.0));
         } else {
@@ -504,10 +508,16 @@ fn document(setup: &Setup, rows: &[Row], epochs: &str, seeds: &[String], view: O
              (one offline page, made by `vapt report --html`).\n\n",
         );
     }
+    let growth = match setup.grow {
+        0 => "the candidates only (no growth past an edge: the time of one session)".to_string(),
+        n => format!(
+            "where the best lies on an edge of them, the grid grows past it (÷5 below, ×2 above, \
+             at most {n} times per side)"
+        ),
+    };
     doc.push_str(&format!(
         "## lr selection\n\n\
-         Candidates: the method family's grid thinned; where the best lies on an edge of \
-         them, the grid grows past it (÷5 below, ×2 above, at most twice per side).\n\n{selection}"
+         Candidates: the method family's grid thinned; {growth}.\n\n{selection}"
     ));
     if let Some(view) = view {
         let picture = match setup.report_dir {

@@ -93,14 +93,7 @@ fn npy_seeds(repo: &Path) -> Vec<(String, Vec<u8>)> {
 /// shapes, with small distinct values (native files carry their architecture, as vapt writes them).
 pub fn tiny_file(layout: Layout) -> TensorMap {
     let cfg = VitConfig::new(8, 1, 2, 16, 4).with_image_size(8);
-    let mut map = TensorMap::new("tiny");
-    for (key, shape) in weights::rename::file_keys(&layout.table(&cfg)) {
-        let n: usize = shape.iter().product();
-        map.insert(
-            key,
-            RawTensor::new(shape, (0..n).map(|i| (i % 7) as f32 * 0.125 - 0.375).collect()),
-        );
-    }
+    let mut map = filled(layout, &cfg, 7);
     if layout == Layout::Native {
         let json = serde_json::to_string(&cfg).unwrap_or_default();
         map.metadata.insert(weights::native::META_CONFIG.into(), json);
@@ -112,13 +105,16 @@ pub fn tiny_file(layout: Layout) -> TensorMap {
 /// 3 × 3 grid of 4-pixel patches) in `layout`'s file keys and shapes.
 pub fn tiny_dinov2(layout: Layout) -> TensorMap {
     let cfg = VitConfig::new(64, 1, 1, 16, 4).with_image_size(12).with_dinov2(3);
+    filled(layout, &cfg, 5)
+}
+
+/// Every file tensor of `cfg` in `layout`, element i = ((i mod `period`) − `period`/2) / 8.
+fn filled(layout: Layout, cfg: &VitConfig, period: usize) -> TensorMap {
     let mut map = TensorMap::new("tiny");
-    for (key, shape) in weights::rename::file_keys(&layout.table(&cfg)) {
+    let value = |i: usize| ((i % period) as f32 - (period / 2) as f32) * 0.125;
+    for (key, shape) in weights::rename::file_keys(&layout.table(cfg)) {
         let n: usize = shape.iter().product();
-        map.insert(
-            key,
-            RawTensor::new(shape, (0..n).map(|i| (i % 5) as f32 * 0.125 - 0.25).collect()),
-        );
+        map.insert(key, RawTensor::new(shape, (0..n).map(value).collect()));
     }
     map
 }

@@ -76,42 +76,11 @@ pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
 
 /// Reads the architecture off the shapes (the head count from the standard sizes).
 pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
-    let infer_err = |message: String| LoadError::Infer {
-        path: map.source.clone(),
-        message,
+    let keys = super::timm::ShapeKeys {
+        patch: PATCH_WEIGHT,
+        blocks: "encoder.layer.",
+        fc1: "encoder.layer.0.mlp.fc1.weight",
+        layer_scale: "encoder.layer.0.layer_scale1.lambda1",
     };
-    let w = map
-        .shape(PATCH_WEIGHT)
-        .ok_or_else(|| infer_err(format!("key `{PATCH_WEIGHT}` is missing")))?;
-    let [d, c, p, p2] = w[..] else {
-        return Err(infer_err(format!("`{PATCH_WEIGHT}` has shape {w:?}")));
-    };
-    if p != p2 {
-        return Err(infer_err(format!("`{PATCH_WEIGHT}` has shape {w:?}")));
-    }
-    let depth = (0..)
-        .take_while(|i| {
-            map.tensors
-                .contains_key(&format!("encoder.layer.{i}.norm1.weight"))
-        })
-        .count();
-    let fc1 = "encoder.layer.0.mlp.fc1.weight";
-    let m = map
-        .shape(fc1)
-        .and_then(|s| s.first().copied())
-        .ok_or_else(|| infer_err(format!("key `{fc1}` is missing or has no rows")))?;
-    let heads = crate::config::standard_heads(d).ok_or_else(|| {
-        infer_err(format!(
-            "width {d} is not a standard ViT width, so the head count is unknown"
-        ))
-    })?;
-    let grid = super::file_grid(map, super::Layout::Hf)?;
-    let mut cfg = VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p);
-    cfg.in_channels = c;
-    Ok(
-        match map.tensors.contains_key("encoder.layer.0.layer_scale1.lambda1") {
-            true => cfg.with_dinov2(grid),
-            false => cfg,
-        },
-    )
+    super::timm::infer_pytorch(map, super::Layout::Hf, &keys)
 }

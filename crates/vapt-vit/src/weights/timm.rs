@@ -79,41 +79,71 @@ pub fn source(key: &str, shape: &[usize], cfg: &VitConfig) -> Option<Source> {
     }
 }
 
-/// Reads the architecture off the shapes. timm fuses q/k/v, so the number of heads is not stored:
-/// it comes from the standard ViT sizes (head width 64, 16 heads for ViT-H).
-pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
+/// Where a file in PyTorch's layout (timm, Hugging Face) keeps what its architecture is read from.
+pub(super) struct ShapeKeys {
+    /// The patch-embedding kernel, OIHW `(D, C, p, p)`.
+    pub patch: &'static str,
+    /// The prefix of block `i`'s keys before `i` (`blocks.`, `encoder.layer.`).
+    pub blocks: &'static str,
+    /// Block 0's `fc1` weight, `(M, D)`.
+    pub fc1: &'static str,
+    /// Block 0's first LayerScale: present in DINOv2-style files.
+    pub layer_scale: &'static str,
+}
+
+/// The architecture of a file in PyTorch's layout: width, channels and patch from the kernel,
+/// depth from the blocks' `norm1`, MLP width from `fc1`, the stored grid from the position
+/// embedding; the head count is not stored (fused or separate q/k/v alike), so it comes from the
+/// standard ViT sizes. LayerScale makes it a DINOv2-style backbone that keeps its grid.
+pub(super) fn infer_pytorch(
+    map: &TensorMap,
+    layout: super::Layout,
+    keys: &ShapeKeys,
+) -> Result<VitConfig, LoadError> {
     let infer_err = |message: String| LoadError::Infer {
         path: map.source.clone(),
         message,
     };
     let w = map
-        .shape("patch_embed.proj.weight")
-        .ok_or_else(|| infer_err("key `patch_embed.proj.weight` is missing".into()))?;
+        .shape(keys.patch)
+        .ok_or_else(|| infer_err(format!("key `{}` is missing", keys.patch)))?;
     let [d, c, p, p2] = w[..] else {
-        return Err(infer_err(format!("`patch_embed.proj.weight` has shape {w:?}")));
+        return Err(infer_err(format!("`{}` has shape {w:?}", keys.patch)));
     };
     if p != p2 {
-        return Err(infer_err(format!("`patch_embed.proj.weight` has shape {w:?}")));
+        return Err(infer_err(format!("`{}` has shape {w:?}", keys.patch)));
     }
     let depth = (0..)
-        .take_while(|i| map.tensors.contains_key(&format!("blocks.{i}.norm1.weight")))
+        .take_while(|i| {
+            map.tensors
+                .contains_key(&format!("{}{i}.norm1.weight", keys.blocks))
+        })
         .count();
-    let fc1 = map
-        .shape("blocks.0.mlp.fc1.weight")
-        .ok_or_else(|| infer_err("key `blocks.0.mlp.fc1.weight` is missing".into()))?;
-    let m = *fc1
-        .first()
-        .ok_or_else(|| infer_err(format!("`blocks.0.mlp.fc1.weight` has shape {fc1:?}")))?;
+    let m = map
+        .shape(keys.fc1)
+        .and_then(|s| s.first().copied())
+        .ok_or_else(|| infer_err(format!("key `{}` is missing or has no rows", keys.fc1)))?;
     let heads = crate::config::standard_heads(d).ok_or_else(|| {
         infer_err(format!(
             "width {d} is not a standard ViT width, so the head count is unknown"
         ))
     })?;
-    let grid = super::file_grid(map, super::Layout::Timm)?;
+    let grid = super::file_grid(map, layout)?;
     let mut cfg = VitConfig::new(d, depth, heads, m, p).with_image_size(grid * p);
     cfg.in_channels = c;
-    Ok(match map.tensors.contains_key("blocks.0.ls1.gamma") {
+    Ok(match map.tensors.contains_key(keys.layer_scale) {
         true => cfg.with_dinov2(grid),
         false => cfg,
     })
+}
+
+/// Reads the architecture off the shapes ([`infer_pytorch`]).
+pub fn infer(map: &TensorMap) -> Result<VitConfig, LoadError> {
+    let keys = ShapeKeys {
+        patch: "patch_embed.proj.weight",
+        blocks: "blocks.",
+        fc1: "blocks.0.mlp.fc1.weight",
+        layer_scale: "blocks.0.ls1.gamma",
+    };
+    infer_pytorch(map, super::Layout::Timm, &keys)
 }
