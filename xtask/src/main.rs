@@ -72,7 +72,9 @@ fn vapt_release_command(features: &[&str]) -> Command {
 /// Like [`vapt_raw`], returning stdout.
 fn vapt_output(args: &[String]) -> Result<String> {
     let mut cmd = vapt_command();
-    cmd.args(args);
+    // From the repository root, so that relative paths in `args` (and what `vapt` prints of them)
+    // name no machine's folders.
+    cmd.current_dir(repo_root()).args(args);
     eprintln!("xtask: running {cmd:?}");
     let out = cmd.output().with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
