@@ -274,18 +274,16 @@ pub fn to_native(
     arch: &VitConfig,
     resample: PosEmbResample,
 ) -> Result<TensorMap, LoadError> {
-    if arch.pos_embed_grid.is_some() {
-        let table = layout.table(arch);
-        return rename::convert(
-            map,
-            &table,
-            |k| layout.ignored(k, arch.kind),
-            layout.name(),
-            &arch.display_name(),
-        );
-    }
-    let file_grid = file_grid(&map, layout)?;
-    let file_arch = arch.clone().with_image_size(file_grid * arch.patch_size);
+    // A DINOv2-style config keeps the stored grid (resized at every forward pass); any other is
+    // read at the file's grid and resampled once, here, when that grid is not the input's.
+    let file_grid = match arch.pos_embed_grid {
+        Some(g) => g,
+        None => file_grid(&map, layout)?,
+    };
+    let file_arch = match arch.pos_embed_grid {
+        Some(_) => arch.clone(),
+        None => arch.clone().with_image_size(file_grid * arch.patch_size),
+    };
     let table = layout.table(&file_arch);
     let mut native = rename::convert(
         map,
@@ -294,7 +292,7 @@ pub fn to_native(
         layout.name(),
         &file_arch.display_name(),
     )?;
-    if file_grid != arch.grid() {
+    if arch.pos_embed_grid.is_none() && file_grid != arch.grid() {
         let pos = native.take("pos_embed")?;
         native.insert("pos_embed", posemb::resample(&pos, arch.grid(), resample));
     }
