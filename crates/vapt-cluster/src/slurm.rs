@@ -253,23 +253,43 @@ mod tests {
         assert_eq!(sbatch_args(Path::new("g"), &[]), ["--parsable", "g"]);
     }
 
+    /// Writes an executable script and waits until it can be run. Another test of this process may
+    /// fork (to spawn its own children) while the file is open for writing; the child holds a copy
+    /// of that descriptor until it execs, and running the script meanwhile fails with ETXTBSY
+    /// ("Text file busy"), so the first runs are retried for a while.
+    #[cfg(unix)]
+    fn executable(path: &Path, body: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, body.as_bytes()).unwrap();
+        drop(f);
+        for _ in 0..500 {
+            match Command::new(path).output() {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => return,
+            }
+        }
+        panic!("{} stayed busy for 5 s", path.display());
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_refusing_sbatch_is_an_error_with_its_message() {
         let tmp = tempfile::tempdir().unwrap();
         let fake = tmp.path().join("sbatch");
-        std::fs::write(
+        executable(
             &fake,
             "#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n",
-        )
-        .unwrap();
+        );
         let ok = tmp.path().join("sbatch-ok");
-        std::fs::write(&ok, "#!/bin/sh\necho '4242;vapt'\n").unwrap();
-        for f in [&fake, &ok] {
-            let mut p = std::fs::metadata(f).unwrap().permissions();
-            std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o755);
-            std::fs::set_permissions(f, p).unwrap();
-        }
+        executable(&ok, "#!/bin/sh\necho '4242;vapt'\n");
         let e = submit(&fake, Path::new("grid.sbatch"), &[]).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("invalid partition specified: nope"), "{msg}");
