@@ -14,11 +14,12 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use vapt_kernels::nn::{Dropout, LayerNorm, Linear};
 
 use crate::config::{Pool, VitConfig};
 use crate::delta::{BlockDelta, NoDelta, Projection};
+use crate::weights::posemb::bicubic_matrix;
 
 /// `linear(x)` plus what `delta` adds to projection `p` for the input `x`.
 fn project<B: Backend>(
@@ -272,6 +273,10 @@ pub struct Vit<B: Backend> {
     /// Learned position embedding `[1, 1+N, D]`, row 0 for CLS; stored for the grid
     /// [`VitConfig::pos_grid`] and resized to the input's by [`Vit::position_embedding`].
     pub pos_embed: Param<Tensor<B, 3>>,
+    /// The bicubic resize of the stored grid to the input's, `[N, N_stored]` (a constant, neither
+    /// trained nor saved), when [`VitConfig::resizes_pos_embed`]: built once with the model
+    /// instead of at every forward pass.
+    pub pos_resize: Option<Tensor<B, 2>>,
     /// Dropout after adding the position embedding.
     pub pos_drop: Dropout,
     /// The blocks, input side first.
@@ -331,6 +336,13 @@ impl VitConfig {
                 normal,
                 device,
             )),
+            pos_resize: self.resizes_pos_embed().then(|| {
+                let (from, to) = (self.pos_grid(), self.grid());
+                Tensor::from_data(
+                    TensorData::new(bicubic_matrix(from, to), [to * to, from * from]),
+                    device,
+                )
+            }),
             pos_drop: drop,
             blocks,
             norm: (self.pool() == Pool::Cls).then(norm),
@@ -358,19 +370,14 @@ impl<B: Backend> Vit<B> {
     /// kept. The resize is one matrix product, so gradients reach the stored table.
     pub fn position_embedding(&self) -> Tensor<B, 3> {
         let pos = self.pos_embed.val();
-        if !self.config.resizes_pos_embed() {
+        let Some(weights) = &self.pos_resize else {
             return pos;
-        }
+        };
         let [_, rows, d] = pos.dims();
-        let (from, to) = (self.config.pos_grid(), self.config.grid());
-        let weights = crate::weights::posemb::bicubic_matrix(from, to);
-        let weights = Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(weights, [to * to, from * from]),
-            &pos.device(),
-        );
+        let [n, _] = weights.dims();
         let cls = pos.clone().narrow(1, 0, 1);
         let grid = pos.narrow(1, 1, rows - 1).reshape([rows - 1, d]);
-        let grid = weights.matmul(grid).reshape([1, to * to, d]);
+        let grid = weights.clone().matmul(grid).reshape([1, n, d]);
         Tensor::cat(vec![cls, grid], 1)
     }
 
