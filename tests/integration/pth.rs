@@ -192,3 +192,69 @@ fn damaged_or_foreign_checkpoints_are_errors_naming_the_file_and_key() {
     let err = load(&other, None).unwrap_err().to_string();
     assert!(err.contains("config.pth") && err.contains("state dict"), "{err}");
 }
+
+/// Copies the zip `from` to `to`, each entry's bytes passed through `edit` (`None` drops it).
+fn rewrite_zip(from: &Path, to: &Path, edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(from).unwrap()).unwrap();
+    let mut out = zip::ZipWriter::new(std::fs::File::create(to).unwrap());
+    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        if let Some(bytes) = edit(entry.name(), bytes) {
+            out.start_file(entry.name(), opts).unwrap();
+            std::io::Write::write_all(&mut out, &bytes).unwrap();
+        }
+    }
+    out.finish().unwrap();
+}
+
+/// Every tensor is checked against its own storage before the reader runs, which would read a
+/// strided view as if it were row-major, pad a short storage with zeros and read a missing one
+/// as zeros: a backbone silently not the file's.
+#[test]
+fn tensors_that_do_not_match_their_storage_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd = state_dict(false);
+    let key = "blocks.0.mlp.fc1.weight";
+    let i = sd.iter().position(|(k, _)| k == key).unwrap();
+    let good = dir.path().join("good.pth");
+    save(&good, &tensors(&sd, "", false), Format::Zip);
+    assert!(load(&good, None).is_ok(), "the untouched file loads");
+    // A transposed view (torch.save keeps the strides of a view).
+    let Value::Dict(mut items) = tensors(&sd, "", false) else {
+        panic!("a dict")
+    };
+    let [rows, cols] = sd[i].1.shape[..] else {
+        panic!("a matrix")
+    };
+    items[i].1 = Value::view(&[rows, cols], &[1, rows], sd[i].1.data.clone());
+    let view = dir.path().join("view.pth");
+    save(&view, &Value::Dict(items), Format::Zip);
+    let err = load(&view, None).unwrap_err().to_string();
+    assert!(
+        err.contains("view.pth")
+            && err.contains(key)
+            && err.contains("strides [1, 32]")
+            && err.contains(".contiguous()"),
+        "{err}"
+    );
+    // Its storage cut to 4 bytes while the others (larger) are intact, or gone.
+    let storage = format!("archive/data/{i}");
+    for (name, cut, why) in [
+        ("short.pth", Some(4), "holds 4 bytes"),
+        ("missing.pth", None, "is missing"),
+    ] {
+        let path = dir.path().join(name);
+        rewrite_zip(&good, &path, |entry, bytes| match entry == storage {
+            true => cut.map(|c| bytes[..c].to_vec()),
+            false => Some(bytes),
+        });
+        let err = load(&path, None).unwrap_err().to_string();
+        assert!(
+            err.contains(name) && err.contains(key) && err.contains(why),
+            "{err}"
+        );
+    }
+}

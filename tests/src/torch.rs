@@ -22,6 +22,8 @@ pub enum Value {
         data: Vec<f32>,
         /// Stored as float16.
         half: bool,
+        /// Strides over `data` (the storage), for a view; `None`: row-major.
+        stride: Option<Vec<usize>>,
     },
     /// An integer (an epoch counter).
     Int(i64),
@@ -36,6 +38,17 @@ impl Value {
             shape: shape.to_vec(),
             data,
             half: false,
+            stride: None,
+        }
+    }
+
+    /// An f32 view of `shape` with `stride` over the storage `data` (a transposed weight, say).
+    pub fn view(shape: &[usize], stride: &[usize], data: Vec<f32>) -> Self {
+        Value::Tensor {
+            shape: shape.to_vec(),
+            data,
+            half: false,
+            stride: Some(stride.to_vec()),
         }
     }
 
@@ -71,6 +84,7 @@ pub fn tensors(sd: &[(String, RawTensor)], prefix: &str, half: bool) -> Value {
             shape: t.shape.clone(),
             data: t.data.clone(),
             half,
+            stride: None,
         };
         (format!("{prefix}{k}"), v)
     }))
@@ -155,7 +169,12 @@ impl Pickle {
             }
             Value::Int(i) => self.int(*i),
             Value::Str(s) => self.str(s),
-            Value::Tensor { shape, data, half } => {
+            Value::Tensor {
+                shape,
+                data,
+                half,
+                stride,
+            } => {
                 let key = self.storages.len().to_string();
                 let bytes: Vec<u8> = if *half {
                     data.iter().flat_map(|&x| f32_to_f16(x).to_le_bytes()).collect()
@@ -176,10 +195,10 @@ impl Pickle {
                 self.out.push(b'Q');
                 self.int(0);
                 self.ints_tuple(shape);
-                let strides: Vec<usize> = (0..shape.len())
+                let row_major: Vec<usize> = (0..shape.len())
                     .map(|i| shape[i + 1..].iter().product())
                     .collect();
-                self.ints_tuple(&strides);
+                self.ints_tuple(stride.as_ref().unwrap_or(&row_major));
                 self.out.push(0x89); // requires_grad = False
                 self.global("collections", "OrderedDict");
                 self.out.push(b')');

@@ -28,6 +28,7 @@ pub mod rename;
 mod safetensors_io;
 mod tensor;
 pub mod timm;
+mod torch_pickle;
 
 use std::path::Path;
 

@@ -62,7 +62,8 @@ pub fn parse_pth(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
 
 /// The most bytes one tensor of the file (its content `bytes`) can hold: the largest storage
 /// entry of a zip checkpoint — every entry's claimed size and every length in its pickle checked
-/// against the file first, as the reader trusts them — or the file's length for a plain or
+/// against the file first, as the reader trusts them, and every tensor its `data.pkl` rebuilds
+/// against its own storage entry ([`check_tensor`]) — or the file's length for a plain or
 /// legacy pickle (its pickles checked the same way).
 fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
     let format = |message: String| LoadError::Format {
@@ -80,6 +81,8 @@ fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| format(format!("not a readable PyTorch checkpoint (zip): {e}")))?;
     let mut largest = 0;
+    let mut sizes = std::collections::HashMap::new();
+    let mut pickles = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip
             .by_index(i)
@@ -91,12 +94,62 @@ fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
                 .map_err(|e| format(format!("cannot read `{}`: {e}", entry.name())))?;
             super::pickle_check::check_pickle(&pickle)
                 .map_err(|m| damaged(format!("`{}`: {m}", entry.name())))?;
+            if let Some(dir) = entry.name().strip_suffix("data.pkl") {
+                pickles.push((dir.to_string(), pickle));
+            }
         }
         if entry.name().contains("/data/") || entry.name().starts_with("data/") {
             largest = largest.max(entry.size());
         }
+        sizes.insert(entry.name().to_string(), entry.size());
+    }
+    for (dir, pickle) in &pickles {
+        for t in super::torch_pickle::stored_tensors(pickle).unwrap_or_default() {
+            let entry = format!("{dir}data/{}", t.storage);
+            check_tensor(&t, &entry, sizes.get(&entry).copied()).map_err(|message| LoadError::Entry {
+                path: path.to_path_buf(),
+                key: t
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("(storage {})", t.storage)),
+                message,
+            })?;
+        }
     }
     Ok(largest)
+}
+
+/// Checks one tensor of a zip checkpoint against its storage entry (`size` bytes, `None` when
+/// the file has no such entry): the reader would read a missing storage as zeros, pad a short one
+/// with zeros and read a strided view as if it were contiguous.
+fn check_tensor(t: &super::torch_pickle::StoredTensor, entry: &str, size: Option<u64>) -> Result<(), String> {
+    let Some(element) = t.element_size() else {
+        return Ok(()); // a type the reader refuses by itself
+    };
+    let size = size.ok_or_else(|| format!("its storage `{entry}` is missing: the file is damaged"))?;
+    let needed = t.storage_numel.checked_mul(element);
+    if needed.is_none_or(|n| n > size) {
+        return Err(format!(
+            "its storage `{entry}` holds {size} bytes, but the checkpoint says {} elements of \
+             {element} bytes: the file is damaged",
+            t.storage_numel
+        ));
+    }
+    if t.end().is_none_or(|end| end > t.storage_numel) {
+        return Err(format!(
+            "shape {:?} at offset {} reaches past the {} elements of its storage `{entry}`: the \
+             file is damaged",
+            t.shape, t.offset, t.storage_numel
+        ));
+    }
+    if !t.is_contiguous() {
+        return Err(format!(
+            "stored as a strided view (shape {:?}, strides {:?}), which vapt cannot read; save \
+             the state dict with every tensor made `.contiguous()`",
+            t.shape, t.stride
+        ));
+    }
+    Ok(())
 }
 
 fn read_state_dict(path: &Path, largest: u64) -> Result<TensorMap, LoadError> {
