@@ -230,16 +230,18 @@ fn tensors_that_do_not_match_their_storage_are_refused_naming_the_key() {
         panic!("a matrix")
     };
     items[i].1 = Value::view(&[rows, cols], &[1, rows], sd[i].1.data.clone());
-    let view = dir.path().join("view.pth");
-    save(&view, &Value::Dict(items), Format::Zip);
-    let err = load(&view, None).unwrap_err().to_string();
-    assert!(
-        err.contains("view.pth")
-            && err.contains(key)
-            && err.contains("strides [1, 32]")
-            && err.contains(".contiguous()"),
-        "{err}"
-    );
+    for format in [Format::Zip, Format::Legacy] {
+        let view = dir.path().join(format!("view-{format:?}.pth"));
+        save(&view, &Value::Dict(items.clone()), format);
+        let err = load(&view, None).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("view-{format:?}.pth"))
+                && err.contains(key)
+                && err.contains("strides [1, 32]")
+                && err.contains(".contiguous()"),
+            "{err}"
+        );
+    }
     // Its storage cut to 4 bytes while the others (larger) are intact, or gone.
     let storage = format!("archive/data/{i}");
     for (name, cut, why) in [

@@ -74,16 +74,19 @@ pub(crate) fn check_pickle(bytes: &[u8]) -> Result<usize, String> {
 /// Checks the pickles at the start of a plain or legacy PyTorch file: the first whatever its
 /// first byte (the reader takes any file as a pickle), then up to four more that start with
 /// `PROTO` (the legacy format's protocol, system info, object and storage keys); the raw
-/// storages that follow are not walked.
-pub(crate) fn check_pickles(bytes: &[u8]) -> Result<(), String> {
+/// storages that follow are not walked. Returns each pickle's bytes.
+pub(crate) fn check_pickles(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut at = check_pickle(bytes)?;
+    let mut pickles = vec![&bytes[..at]];
     for _ in 0..4 {
         if bytes.get(at) != Some(&0x80) {
             break;
         }
-        at += check_pickle(&bytes[at..])?;
+        let end = at + check_pickle(&bytes[at..])?;
+        pickles.push(&bytes[at..end]);
+        at = end;
     }
-    Ok(())
+    Ok(pickles)
 }
 
 #[cfg(test)]

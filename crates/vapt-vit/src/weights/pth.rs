@@ -16,6 +16,7 @@ use std::path::Path;
 use burn_store::pytorch::PytorchReader;
 
 use super::tensor::{RawTensor, TensorMap};
+use super::torch_pickle::{stored_tensors, StoredTensor};
 use super::LoadError;
 
 /// Metadata key: the top-level entry holding the state dict (`state_dict`, `model`, or empty).
@@ -63,18 +64,33 @@ pub fn parse_pth(path: &Path, bytes: &[u8]) -> Result<TensorMap, LoadError> {
 /// The most bytes one tensor of the file (its content `bytes`) can hold: the largest storage
 /// entry of a zip checkpoint — every entry's claimed size and every length in its pickle checked
 /// against the file first, as the reader trusts them, and every tensor its `data.pkl` rebuilds
-/// against its own storage entry ([`check_tensor`]) — or the file's length for a plain or
-/// legacy pickle (its pickles checked the same way).
+/// against its own storage entry ([`check_storage`], [`check_view`]) — or the file's length for
+/// a plain or legacy pickle (its pickles and tensors checked the same way, each tensor against
+/// the element count its storage's id claims).
 fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
     let format = |message: String| LoadError::Format {
         path: path.to_path_buf(),
         message,
     };
     let damaged = |m: String| format(format!("{m}: the file is damaged"));
+    let refuse = |t: &StoredTensor, message: String| LoadError::Entry {
+        path: path.to_path_buf(),
+        key: t
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("(storage {})", t.storage)),
+        message,
+    };
     if !bytes.starts_with(b"PK") {
         // A tar archive's members are not walked (its header is no pickle).
         if bytes.get(257..262) != Some(b"ustar".as_slice()) {
-            super::pickle_check::check_pickles(bytes).map_err(damaged)?;
+            for pickle in super::pickle_check::check_pickles(bytes).map_err(damaged)? {
+                // The storages follow the pickles unnamed: each tensor is checked against the
+                // element count its storage's id claims.
+                for t in stored_tensors(pickle).unwrap_or_default() {
+                    check_view(&t, &format!("storage {}", t.storage)).map_err(|m| refuse(&t, m))?;
+                }
+            }
         }
         return Ok(bytes.len() as u64);
     }
@@ -104,41 +120,41 @@ fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
         sizes.insert(entry.name().to_string(), entry.size());
     }
     for (dir, pickle) in &pickles {
-        for t in super::torch_pickle::stored_tensors(pickle).unwrap_or_default() {
+        for t in stored_tensors(pickle).unwrap_or_default() {
             let entry = format!("{dir}data/{}", t.storage);
-            check_tensor(&t, &entry, sizes.get(&entry).copied()).map_err(|message| LoadError::Entry {
-                path: path.to_path_buf(),
-                key: t
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("(storage {})", t.storage)),
-                message,
-            })?;
+            check_storage(&t, &entry, sizes.get(&entry).copied())
+                .and_then(|()| check_view(&t, &format!("`{entry}`")))
+                .map_err(|m| refuse(&t, m))?;
         }
     }
     Ok(largest)
 }
 
-/// Checks one tensor of a zip checkpoint against its storage entry (`size` bytes, `None` when
-/// the file has no such entry): the reader would read a missing storage as zeros, pad a short one
-/// with zeros and read a strided view as if it were contiguous.
-fn check_tensor(t: &super::torch_pickle::StoredTensor, entry: &str, size: Option<u64>) -> Result<(), String> {
+/// Checks the storage entry of one tensor of a zip checkpoint (`size` bytes, `None` when the file
+/// has no such entry) against the element count the pickle gives it: the reader would read a
+/// missing storage as zeros and pad a short one with zeros.
+fn check_storage(t: &StoredTensor, entry: &str, size: Option<u64>) -> Result<(), String> {
     let Some(element) = t.element_size() else {
         return Ok(()); // a type the reader refuses by itself
     };
     let size = size.ok_or_else(|| format!("its storage `{entry}` is missing: the file is damaged"))?;
-    let needed = t.storage_numel.checked_mul(element);
-    if needed.is_none_or(|n| n > size) {
+    if t.storage_numel.checked_mul(element).is_none_or(|n| n > size) {
         return Err(format!(
             "its storage `{entry}` holds {size} bytes, but the checkpoint says {} elements of \
              {element} bytes: the file is damaged",
             t.storage_numel
         ));
     }
+    Ok(())
+}
+
+/// Checks that one tensor lies inside its `storage` (as the pickle sizes it) and is row-major:
+/// the reader reads `offset..offset + elements` whatever the strides.
+fn check_view(t: &StoredTensor, storage: &str) -> Result<(), String> {
     if t.end().is_none_or(|end| end > t.storage_numel) {
         return Err(format!(
-            "shape {:?} at offset {} reaches past the {} elements of its storage `{entry}`: the \
-             file is damaged",
+            "shape {:?} at offset {} reaches past the {} elements of its {storage}: the file is \
+             damaged",
             t.shape, t.offset, t.storage_numel
         ));
     }
