@@ -153,15 +153,27 @@ pub fn sweep_grid(s: &Summary, source: &str) -> Option<Heatmap> {
     })
 }
 
-/// Test top-1 of each finished seed, per sweep (one group each, labelled by method), with the
-/// summary's mean ± std once every seed is done. Sweeps without a finished seed are left out.
+/// Test top-1 of each finished seed, per sweep (one group each, labelled by method, in the order
+/// of the method table: linear before VPT before VAPT), with the summary's mean ± std once every
+/// seed is done. Sweeps without a finished seed are left out.
 pub fn seeds(summaries: &[&Summary], title: &str, source: &str) -> SeedPoints {
+    let rank = |s: &&&Summary| {
+        let method = s.method.parse::<vapt_experts::MethodSpec>().ok();
+        let at = method.and_then(|m| vapt_experts::Method::all().position(|x| x == m.method));
+        (
+            at.unwrap_or(usize::MAX),
+            method.and_then(|m| m.k),
+            s.method.clone(),
+        )
+    };
+    let mut ordered: Vec<&&Summary> = summaries.iter().collect();
+    ordered.sort_by_key(rank);
     SeedPoints {
         title: title.into(),
         source: source.into(),
         y_label: "test top-1 (%)".into(),
-        groups: summaries
-            .iter()
+        groups: ordered
+            .into_iter()
             .map(|s| SeedGroup {
                 label: s.method.clone(),
                 values: s.finals.iter().flatten().copied().collect(),
@@ -169,5 +181,42 @@ pub fn seeds(summaries: &[&Summary], title: &str, source: &str) -> SeedPoints {
             })
             .filter(|g| !g.values.is_empty())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_groups_follow_the_method_table() {
+        let summary = |method: &str| Summary {
+            task: "dtd".into(),
+            method: method.into(),
+            grid: vec![],
+            chosen: Some((1.0, 0.0)),
+            seeds: vec![42],
+            finals: vec![Some(50.0)],
+            mean: Some(50.0),
+            std: Some(0.0),
+            trainable_params: None,
+            total_params: None,
+            backbone_params: None,
+            backbone: vapt_vit::BackboneKind::Supervised,
+        };
+        let sweeps: Vec<Summary> = ["vapt", "mine", "partial-2", "linear", "vpt-deep", "partial-1"]
+            .map(summary)
+            .to_vec();
+        let refs: Vec<&Summary> = sweeps.iter().collect();
+        let labels: Vec<String> = seeds(&refs, "t", "s")
+            .groups
+            .into_iter()
+            .map(|g| g.label)
+            .collect();
+        assert_eq!(
+            labels,
+            ["linear", "vpt-deep", "vapt", "partial-1", "partial-2", "mine"],
+            "the method table's order, sizes ascending, unknown names last"
+        );
     }
 }

@@ -54,6 +54,15 @@ pub fn find_summaries(root: &Path) -> Result<Vec<(PathBuf, Summary)>, TrainError
         .collect()
 }
 
+/// The group-mean columns, in the paper's order.
+const GROUPS: [&str; 4] = ["Natural", "Specialized", "Structured", "VTAB mean"];
+
+/// What introduces the Table 2 block.
+const TABLE_2: &str = "By backbone (the paper's Table 2 layout: group means over the tasks present)";
+
+/// A table as text: its header and its rows.
+type Cells = (Vec<String>, Vec<Vec<String>>);
+
 /// One method's row: task → (mean, std), and the tuned % of parameters.
 pub type Row = (BTreeMap<String, (f64, f64)>, Option<f64>);
 
@@ -105,7 +114,8 @@ impl Table {
         Self { tasks, rows }
     }
 
-    fn group_means(&self, cells: &BTreeMap<String, (f64, f64)>) -> Vec<(String, Option<f64>)> {
+    /// The means of [`GROUPS`] over the tasks present.
+    fn group_means(&self, cells: &BTreeMap<String, (f64, f64)>) -> [Option<f64>; 4] {
         let mean = |g: Option<Group>| {
             let v: Vec<f64> = cells
                 .iter()
@@ -120,11 +130,11 @@ impl Table {
                 .collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
-        vec![
-            ("Natural".into(), mean(Some(Group::Natural))),
-            ("Specialized".into(), mean(Some(Group::Specialized))),
-            ("Structured".into(), mean(Some(Group::Structured))),
-            ("VTAB mean".into(), mean(None)),
+        [
+            mean(Some(Group::Natural)),
+            mean(Some(Group::Specialized)),
+            mean(Some(Group::Structured)),
+            mean(None),
         ]
     }
 
@@ -137,10 +147,10 @@ impl Table {
 
     /// The first table as text: its header, then one row per backbone and method (tuned %,
     /// `mean ± std` per task, the group means), as Markdown and HTML both print it.
-    fn cells(&self) -> (Vec<String>, Vec<Vec<String>>) {
+    fn cells(&self) -> Cells {
         let mut header: Vec<String> = ["Backbone", "Method", "Tuned %"].map(String::from).to_vec();
         header.extend(self.tasks.iter().cloned());
-        header.extend(["Natural", "Specialized", "Structured", "VTAB mean"].map(String::from));
+        header.extend(GROUPS.map(String::from));
         let rows = self
             .rows
             .iter()
@@ -150,58 +160,80 @@ impl Table {
                     Some((m, s)) => format!("{m:.2} ± {s:.2}"),
                     None => "—".into(),
                 }));
-                row.extend(self.group_means(cells).into_iter().map(|(_, v)| fmt(v)));
+                row.extend(self.group_means(cells).map(fmt));
                 row
             })
             .collect();
         (header, rows)
     }
 
+    /// The Table 2 block as text when [`Self::by_backbone`]: one row per backbone and method, the
+    /// group means only.
+    fn table_2(&self) -> Option<Cells> {
+        if !self.by_backbone() {
+            return None;
+        }
+        let mut header: Vec<String> = ["Backbone", "Method"].map(String::from).to_vec();
+        header.extend(GROUPS.map(String::from));
+        let rows = self
+            .rows
+            .iter()
+            .map(|((backbone, method), (cells, _))| {
+                let mut row = vec![backbone.to_string(), method.clone()];
+                row.extend(self.group_means(cells).map(fmt));
+                row
+            })
+            .collect();
+        Some((header, rows))
+    }
+
     /// Markdown, cells `mean ± std`; then the Table 2 block when [`Self::by_backbone`].
     pub fn markdown(&self) -> String {
-        let (header, rows) = self.cells();
-        let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
-        let mut out = line(&header);
-        out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
-        for row in &rows {
-            out.push_str(&line(row));
-        }
-        if self.by_backbone() {
-            out.push_str(
-                "\nBy backbone (the paper's Table 2 layout: group means over the tasks present)\n\n\
-                 | Backbone | Method | Natural | Specialized | Structured | VTAB mean |\n\
-                 |---|---|---|---|---|---|\n",
-            );
-            for ((backbone, method), (cells, _)) in &self.rows {
-                out.push_str(&format!("| {backbone} | {method} |"));
-                for (_, v) in self.group_means(cells) {
-                    out.push_str(&format!(" {} |", fmt(v)));
-                }
-                out.push('\n');
+        let table = |(header, rows): Cells| {
+            let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+            let mut out = line(&header);
+            out.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+            for row in &rows {
+                out.push_str(&line(row));
             }
+            out
+        };
+        let mut out = table(self.cells());
+        if let Some(block) = self.table_2() {
+            out.push_str(&format!("\n{TABLE_2}\n\n{}", table(block)));
         }
         out
     }
 
-    /// An HTML `<table>` of the same cells as [`Self::markdown`]'s first table (text escaped).
+    /// The same tables as [`Self::markdown`] in HTML (`<table>`s, text escaped).
     pub fn html(&self) -> String {
         let esc = crate::html::escape;
-        let (header, rows) = self.cells();
-        let line = |tag: &str, cells: &[String]| {
-            let cells: String = cells
-                .iter()
-                .map(|c| format!("<{tag}>{}</{tag}>", esc(c)))
-                .collect();
-            format!("<tr>{cells}</tr>\n")
+        let table = |class: &str, (header, rows): Cells| {
+            let line = |tag: &str, cells: &[String]| {
+                let cells: String = cells
+                    .iter()
+                    .map(|c| format!("<{tag}>{}</{tag}>", esc(c)))
+                    .collect();
+                format!("<tr>{cells}</tr>\n")
+            };
+            let mut out = format!(
+                "<table class=\"{class}\">\n<thead>{}</thead>\n<tbody>\n",
+                line("th", &header).trim_end()
+            );
+            for row in &rows {
+                out.push_str(&line("td", row));
+            }
+            out.push_str("</tbody>\n</table>\n");
+            out
         };
-        let mut out = format!(
-            "<table class=\"results\">\n<thead>{}</thead>\n<tbody>\n",
-            line("th", &header).trim_end()
-        );
-        for row in &rows {
-            out.push_str(&line("td", row));
+        let mut out = table("results", self.cells());
+        if let Some(block) = self.table_2() {
+            out.push_str(&format!(
+                "<p>{}</p>\n{}",
+                esc(TABLE_2),
+                table("by-backbone", block)
+            ));
         }
-        out.push_str("</tbody>\n</table>\n");
         out
     }
 
@@ -223,7 +255,7 @@ impl Table {
                     None => out.push_str(",,"),
                 }
             }
-            for (_, v) in self.group_means(cells) {
+            for v in self.group_means(cells) {
                 out.push_str(&format!(",{}", v.map(|v| v.to_string()).unwrap_or_default()));
             }
             out.push('\n');
@@ -266,7 +298,7 @@ mod tests {
         // Natural (80+60)/2 = 70, Specialized 90, Structured 70, mean of 4 tasks = 75.
         assert!(md.contains("| supervised | vapt | 1.00 | 80.00 ± 0.50 | 60.00 ± 0.50 | 90.00 ± 0.50 | 70.00 ± 0.50 | 70.00 | 90.00 | 70.00 | 75.00 |"), "{md}");
         assert!(
-            !md.contains("Table 2"),
+            !md.contains("Table 2") && !t.html().contains("Table 2"),
             "one supervised backbone: no per-backbone block"
         );
         assert!(t
@@ -293,6 +325,14 @@ mod tests {
         assert!(
             md.contains("| supervised | vapt | 80.00 | — | — | 80.00 |"),
             "{md}"
+        );
+        let html = t.html();
+        assert!(
+            html.contains("<table class=\"by-backbone\">")
+                && html.contains(
+                    "<tr><td>mae</td><td>vapt</td><td>60.00</td><td>70.00</td><td>—</td><td>65.00</td></tr>"
+                ),
+            "the page has the block too: {html}"
         );
         let csv = t.csv();
         assert!(csv.contains("\nmae,vapt,"), "{csv}");
