@@ -59,7 +59,26 @@ fn tmp_path(path: &Path) -> PathBuf {
 
 /// SHA-256 of `bytes`, lower-case hex (how vapt records weights, data manifests, configs).
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    let mut h = Sha256Hex::default();
+    h.update(bytes);
+    h.finish()
+}
+
+/// SHA-256 fed in parts, for data that is not one buffer (a model's tensors): the same sum as
+/// [`sha256_hex`] of the parts joined.
+#[derive(Default)]
+pub struct Sha256Hex(Sha256);
+
+impl Sha256Hex {
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The sum, lower-case hex.
+    pub fn finish(self) -> String {
+        self.0.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 #[cfg(test)]

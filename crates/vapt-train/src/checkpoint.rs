@@ -181,19 +181,22 @@ pub struct CheckpointMeta {
 pub const PREVIOUS_FILE: &str = "state.prev.safetensors";
 
 /// SHA-256 over the tensors (names, shapes, values) of a state map; its metadata (the sum
-/// itself included) does not enter it.
+/// itself included) does not enter it. Fed in 64 KiB parts, not one copy of every tensor.
 fn tensors_sha256(map: &TensorMap) -> String {
-    let mut bytes = Vec::new();
+    let mut sum = vapt_files::Sha256Hex::default();
+    let mut part = Vec::with_capacity(1 << 16);
     for (k, t) in &map.tensors {
-        bytes.extend_from_slice(k.as_bytes());
+        sum.update(k.as_bytes());
         for d in &t.shape {
-            bytes.extend_from_slice(&(*d as u64).to_le_bytes());
+            sum.update(&(*d as u64).to_le_bytes());
         }
-        for v in &t.data {
-            bytes.extend_from_slice(&v.to_le_bytes());
+        for values in t.data.chunks(1 << 14) {
+            part.clear();
+            part.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            sum.update(&part);
         }
     }
-    vapt_files::sha256_hex(&bytes)
+    sum.finish()
 }
 
 /// Saves a checkpoint after `meta.epochs_done` epochs into `dir`: the optimiser state first
@@ -508,5 +511,31 @@ impl CheckpointMeta {
             )));
         }
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tensor_sum_is_that_of_names_shapes_and_values_joined() {
+        let mut map = TensorMap::new("state");
+        let big: Vec<f32> = (0..40_000).map(|i| i as f32 * 0.25 - 7.0).collect();
+        map.insert("a.weight", RawTensor::new(vec![200, 200], big.clone()));
+        map.insert("b", RawTensor::new(vec![2], vec![1.5, -2.0]));
+        // The byte stream of the checkpoints written so far (one buffer), which must keep its sum.
+        let mut joined = Vec::new();
+        for (k, shape, data) in [
+            ("a.weight", [200u64, 200].as_slice(), big.as_slice()),
+            ("b", &[2], &[1.5, -2.0]),
+        ] {
+            joined.extend_from_slice(k.as_bytes());
+            joined.extend(shape.iter().flat_map(|d| d.to_le_bytes()));
+            joined.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        assert_eq!(tensors_sha256(&map), vapt_files::sha256_hex(&joined));
+        map.insert("b", RawTensor::new(vec![2], vec![1.5, -2.5]));
+        assert_ne!(tensors_sha256(&map), vapt_files::sha256_hex(&joined));
     }
 }
