@@ -198,3 +198,20 @@ fn pth_tensors_larger_than_their_storages_are_refused() {
         "{err}"
     );
 }
+
+/// A torch zip after leading bytes (`PPPP…PK`): burn-store's reader opens it as a zip, so its
+/// entries' claimed sizes are checked as any zip's (AFL++ found this one: a 926-byte file whose
+/// storage claimed 3.9 GB, an allocation abort before the check looked past the first bytes).
+#[test]
+fn a_zip_after_leading_bytes_is_checked_like_any_zip() {
+    let path = repo().join("crates/vapt-fuzz/crashes/pth/19788d025f3873a8");
+    let bytes = std::fs::read(&path).expect("the crash input");
+    assert!(!bytes.starts_with(b"PK") && bytes.len() < 1000);
+    let err = weights::pth::parse_pth(&path, &bytes)
+        .expect_err("a damaged zip")
+        .to_string();
+    assert!(
+        err.contains("19788d025f3873a8") && err.contains("claims"),
+        "{err}"
+    );
+}

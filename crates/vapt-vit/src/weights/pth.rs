@@ -81,7 +81,10 @@ fn largest_storage(path: &Path, bytes: &[u8]) -> Result<u64, LoadError> {
             .unwrap_or_else(|| format!("(storage {})", t.storage)),
         message,
     };
-    if !bytes.starts_with(b"PK") {
+    // The reader takes a file as a zip whenever its zip crate opens one (data before the archive
+    // included), so the same question decides here; a zip this check cannot open is refused.
+    let opens = zip_burn_store::ZipArchive::new(std::io::Cursor::new(bytes)).is_ok();
+    if !opens && !bytes.starts_with(b"PK") {
         // A tar archive's members are not walked (its header is no pickle).
         if bytes.get(257..262) != Some(b"ustar".as_slice()) {
             for pickle in super::pickle_check::check_pickles(bytes).map_err(damaged)? {
