@@ -277,13 +277,13 @@ pub fn to_native(
 ) -> Result<TensorMap, LoadError> {
     // A DINOv2-style config keeps the stored grid (resized at every forward pass); any other is
     // read at the file's grid and resampled once, here, when that grid is not the input's.
-    let file_grid = match arch.pos_embed_grid {
-        Some(g) => g,
-        None => file_grid(&map, layout)?,
-    };
-    let file_arch = match arch.pos_embed_grid {
-        Some(_) => arch.clone(),
-        None => arch.clone().with_image_size(file_grid * arch.patch_size),
+    let (file_arch, resample_to) = match arch.pos_embed_grid {
+        Some(_) => (arch.clone(), None),
+        None => {
+            let grid = file_grid(&map, layout)?;
+            let to = (grid != arch.grid()).then(|| arch.grid());
+            (arch.clone().with_image_size(grid * arch.patch_size), to)
+        }
     };
     let table = layout.table(&file_arch);
     let mut native = rename::convert(
@@ -293,9 +293,9 @@ pub fn to_native(
         layout.name(),
         &file_arch.display_name(),
     )?;
-    if arch.pos_embed_grid.is_none() && file_grid != arch.grid() {
+    if let Some(grid) = resample_to {
         let pos = native.take("pos_embed")?;
-        native.insert("pos_embed", posemb::resample(&pos, arch.grid(), resample));
+        native.insert("pos_embed", posemb::resample(&pos, grid, resample));
     }
     Ok(native)
 }
